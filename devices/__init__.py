@@ -1,0 +1,1 @@
+"""Device inventory, probes, power samplers and thermal readers."""

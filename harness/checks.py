@@ -1,0 +1,59 @@
+"""`harness devices check`: probe each device and summarize what the harness needs to know."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Mapping
+
+from devices.inventory import DeviceConfig, Inventory
+from harness.controller import REPO_ROOT
+from workloads.errors import DeviceError, HarnessError
+
+
+def probe_local(device: DeviceConfig) -> dict[str, Any]:
+    """Run the probe with the device's own python, as a run would."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([device.python or sys.executable, "-m", "devices.probe", device.workdir],
+                          capture_output=True, text=True, env=env, timeout=120)
+    if proc.returncode != 0:
+        raise DeviceError(f"probe failed on {device.name}: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout)
+
+
+def summarize_fingerprint(fp: Mapping[str, Any]) -> dict[str, Any]:
+    clusters = fp.get("clusters") or []
+    cores = f"{fp.get('cores')}"
+    if len(clusters) > 1:
+        cores += " (" + " + ".join(f"{len(c['cpus'])}x {c['max_khz'] // 1000 if c['max_khz'] else '?'} MHz"
+                                   for c in clusters) + ")"
+    return {
+        "arch": fp.get("arch"), "cpu": fp.get("cpu_model"), "board": fp.get("board") or "-", "cores": cores,
+        "isa": " ".join(fp.get("isa") or []) or "-",
+        "int8 dot product": " ".join(fp.get("int8_dot") or []) or "none (int8 runs without a fast path)",
+        "memory": f"{fp.get('mem_total_mb')} MB ({fp.get('mem_available_mb')} MB free)",
+        "os": f"{fp.get('os')}, kernel {fp.get('kernel')}",
+        "python": f"{fp.get('python')} ({fp.get('python_version')})",
+        "torch": fp.get("torch") or "not installed", "onnxruntime": fp.get("onnxruntime") or "not installed",
+        "cuda": fp.get("cuda_device") or "-", "governor": fp.get("governor") or "unknown",
+        "thermal": fp.get("thermal"), "disk free": f"{fp.get('disk_free_mb')} MB in {fp.get('workdir')}",
+    }
+
+
+def check_devices(inventory: Inventory, configs: list[DeviceConfig]) -> dict[str, dict[str, Any] | HarnessError]:
+    """Per device: a summary dict, or the error that kept it from being probed (never stops at the first)."""
+    out: dict[str, dict[str, Any] | HarnessError] = {}
+    for device in configs:
+        try:
+            if device.is_local:
+                out[device.name] = summarize_fingerprint(probe_local(device))
+            else:
+                from harness.ssh import probe_remote
+
+                out[device.name] = probe_remote(device, inventory)
+        except HarnessError as exc:
+            out[device.name] = exc
+    return out

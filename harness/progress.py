@@ -1,0 +1,49 @@
+"""Progress of a run on the terminal: one bar per device with its ETA, warnings as they come."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from workloads.spec import case_label
+
+
+class ProgressView:
+    """Receives the controller's events (device, kind, payload) and renders them."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(TextColumn("{task.fields[device]:<12}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                 TimeRemainingColumn(), console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "ProgressView":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def event(self, device: str, kind: str, payload: Mapping[str, Any]) -> None:
+        if kind == "run":
+            self.console.print(f"run id {payload['run_id']}")
+            for name, total in payload["plans"].items():
+                self.tasks[name] = self.progress.add_task("", total=total, device=name, status="starting")
+        elif kind == "start" and device in self.tasks:
+            case = payload.get("case")
+            self.progress.update(self.tasks[device], status=case_label(case) if case else "")
+        elif kind == "result" and device in self.tasks:
+            self.progress.advance(self.tasks[device])
+            for note in payload.get("notes") or []:
+                self.console.print(f"[yellow]warning:[/] {note}")
+            if payload.get("status") in ("failed", "timeout"):
+                self.console.print(f"[red]{payload['status']}[/] {device} {case_label(payload['case'])}: "
+                                   f"{payload.get('error')}")
+        elif kind == "end" and device in self.tasks:
+            self.progress.update(self.tasks[device], status=payload["status"])
+        elif kind == "interrupted":
+            self.console.print(f"[yellow]interrupted[/]: every result received is stored. "
+                               f"Resume with: harness run --resume {payload['run_id']}")

@@ -1,0 +1,1 @@
+"""Results database: SQLAlchemy models, store, queries, import/export, regression detection."""

@@ -1,0 +1,168 @@
+"""What a case is: its keys, their allowed values and defaults, and its canonical identity.
+
+A case is identified by its canonical, defaulted keys (knobs that do not apply to its variant or precision
+are dropped) and a short hash of them. Changing the defaults here changes identities: add a key with a
+default that reproduces the old behaviour instead, so old rows stay comparable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+VARIANTS = ("dense", "sliding_window", "block_sparse", "topk", "lowrank", "differential", "attnres")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "mixed")
+BACKENDS = ("torch", "onnxruntime")
+SCOPES = ("core", "block")
+QUANT_GRANULARITIES = ("per_tensor", "per_channel", "per_token", "per_block", "per_group")
+INPUT_KINDS = ("normal", "k_outliers", "minilm")
+QUANTIZED_PRECISIONS = ("int8", "int4", "mixed")
+
+
+class CaseKeyError(ValueError):
+    """A single case key is wrong; the matrix parser adds file and line."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CaseKeyError(key, f"expected a positive integer, got {value!r}")
+    if value <= 0:
+        raise CaseKeyError(key, f"must be a positive integer, got {value}")
+    return value
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in allowed:
+            raise CaseKeyError(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+        return value
+    return check
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise CaseKeyError(key, f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One case key: how to check it, its default, and when it applies."""
+
+    check: Callable[[str, Any], Any]
+    default: Any = None
+    # None: applies to every case; otherwise a predicate over the (partially canonical) case.
+    applies: Callable[[Mapping[str, Any]], bool] | None = None
+    help: str = ""
+
+
+def _variant_in(*variants: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda c: c.get("variant") in variants
+
+
+CASE_KEYS: dict[str, KeySpec] = {
+    "variant": KeySpec(_choice(VARIANTS), "dense", help="attention variant"),
+    "precision": KeySpec(_choice(PRECISIONS), "fp32", help="compute precision"),
+    "backend": KeySpec(_choice(BACKENDS), "torch", help="execution backend"),
+    "scope": KeySpec(_choice(SCOPES), "core", help="core: the attention op; block: with projections"),
+    "seq_len": KeySpec(_positive_int, 128, help="tokens"),
+    "batch": KeySpec(_positive_int, 1),
+    "heads": KeySpec(_positive_int, 8),
+    "head_dim": KeySpec(_positive_int, 64),
+    "model_dim": KeySpec(_positive_int, None, lambda c: c.get("scope") == "block",
+                         help="hidden size of the block's projections (scope: block)"),
+    "threads": KeySpec(_positive_int, None, help="intra-op threads; unset means the device's default"),
+    "inputs": KeySpec(_choice(INPUT_KINDS), "normal", help="input distribution"),
+    "window": KeySpec(_positive_int, 256, _variant_in("sliding_window")),
+    "block_size": KeySpec(_positive_int, 64, _variant_in("block_sparse", "topk")),
+    "density": KeySpec(_positive_float, 0.25, _variant_in("block_sparse")),
+    "topk": KeySpec(_positive_int, 8, _variant_in("topk")),
+    "rank": KeySpec(_positive_int, 128, _variant_in("lowrank")),
+    "depth": KeySpec(_positive_int, 8, _variant_in("attnres")),
+    "group_size": KeySpec(_positive_int, 32,
+                          lambda c: c.get("variant") == "attnres" or c.get("precision") == "int4"),
+    "quant": KeySpec(_choice(QUANT_GRANULARITIES), None,
+                     lambda c: c.get("precision") in QUANTIZED_PRECISIONS),
+    # Test-only: multiplies the kernel's work to plant a known slowdown (regression tests).
+    "slowdown": KeySpec(_positive_int, None),
+}
+
+DEFAULT_QUANT = {"int8": "per_block", "mixed": "per_block", "int4": "per_group"}
+
+# Column order for tables and exports.
+CASE_COLUMNS = tuple(CASE_KEYS)
+
+
+def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean X?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_key(key: str, value: Any) -> Any:
+    """Check one key and value on their own (before the combination is known)."""
+    if key not in CASE_KEYS:
+        raise CaseKeyError(key, f"unknown case key{suggest(key, CASE_COLUMNS)}; "
+                                f"allowed: {', '.join(CASE_COLUMNS)}")
+    return CASE_KEYS[key].check(key, value)
+
+
+def canonical_case(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key of one case, fill defaults, drop knobs that do not apply; raise CaseKeyError."""
+    for key, value in raw.items():
+        check_key(key, value)
+    case: dict[str, Any] = {}
+    # Identity keys first: later keys' applicability depends on them.
+    for key, spec in CASE_KEYS.items():
+        if spec.applies is not None and not spec.applies(case):
+            continue
+        value = raw.get(key)
+        if value is None:
+            if key == "model_dim":
+                value = case["heads"] * case["head_dim"]
+            elif key == "quant":
+                value = DEFAULT_QUANT[case["precision"]]
+            else:
+                value = spec.default
+        if value is None:
+            continue
+        case[key] = spec.check(key, value)
+    _check_consistency(case)
+    return case
+
+
+def _check_consistency(case: dict[str, Any]) -> None:
+    if case["variant"] == "sliding_window" and case["window"] > case["seq_len"]:
+        # Not an error: a window of the whole sequence is dense; say so rather than silently measure it.
+        raise CaseKeyError("window", f"window {case['window']} is longer than seq_len {case['seq_len']}; "
+                                     "use variant: dense or a smaller window")
+    if case["variant"] == "block_sparse" and case["density"] > 1:
+        raise CaseKeyError("density", f"density is a fraction of key blocks in (0, 1], got {case['density']}")
+    if case["variant"] == "lowrank" and case["rank"] > case["seq_len"]:
+        raise CaseKeyError("rank", f"rank {case['rank']} exceeds seq_len {case['seq_len']}; "
+                                   "a low-rank projection must be shorter than the sequence")
+
+
+def case_hash(case: Mapping[str, Any]) -> str:
+    """A stable 16-hex-digit identity of a canonical case."""
+    blob = json.dumps(dict(case), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def case_label(case: Mapping[str, Any]) -> str:
+    """A short human label: 'dense int8 torch L=2048 quant=per_block', knobs after the identity keys."""
+    parts = [case["variant"], case["precision"], case["backend"], f"L={case['seq_len']}"]
+    for key in CASE_COLUMNS:
+        if key in ("variant", "precision", "backend", "seq_len") or case.get(key) is None:
+            continue
+        if case[key] == CASE_KEYS[key].default and key in ("scope", "batch", "heads", "head_dim", "inputs"):
+            continue
+        parts.append(f"{key}={case[key]}")
+    return " ".join(parts)
