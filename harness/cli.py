@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workloads.errors import HarnessError
@@ -59,10 +60,13 @@ def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | Non
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()]
     inv = load_inventory(inventory)
-    if dry_run and not resume:
+    if not resume:
+        # Validate the matrix and the devices before the database is opened (or created): bad input
+        # writes nothing.
         outcome = run_sweep(inv, None, devices=devices, matrix_path=matrix, tag=tag, dry_run=True)
-        _print_plan(outcome.plan)
-        return
+        if dry_run:
+            _print_plan(outcome.plan)
+            return
     store = open_store(db)
     with ProgressView(console) as view:
         outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, resume=resume,
@@ -78,9 +82,9 @@ def _print_plan(plan: Mapping[str, list[dict[str, Any]]]) -> None:
     from workloads.spec import case_label
 
     for device, items in plan.items():
-        console.print(f"[bold]{device}[/]: {len(items)} case(s)")
+        console.print(f"[bold]{escape(device)}[/]: {len(items)} case(s)")
         for item in items:
-            console.print(f"  {item['hash']}  {case_label(item['case'])}")
+            console.print(escape(f"  {item['hash']}  {case_label(item['case'])}"))
 
 
 def _print_summary(store: Any, outcome: Any) -> None:
@@ -100,10 +104,10 @@ def _print_summary(store: Any, outcome: Any) -> None:
     console.print(table)
     for r in rows:
         if r["status"] in ("failed", "timeout", "skipped") and r["error"]:
-            console.print(f"[yellow]{r['status']}[/] {r['device']} {case_label(r)}: {r['error']}")
+            console.print(f"[yellow]{r['status']}[/] " + escape(f"{r['device']} {case_label(r)}: {r['error']}"))
     for name, d in outcome.devices.items():
         if d.status != "complete":
-            console.print(f"[red]device {name}: {d.status}[/] {d.error or ''}")
+            console.print(f"[red]device {escape(name)}: {d.status}[/] " + escape(d.error or ""))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "nothing stored"
     console.print(f"run id [bold]{outcome.run_id}[/]: {outcome.status}; {counts}")
     if outcome.status in ("partial", "interrupted"):
@@ -162,11 +166,11 @@ def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
     for name, result in check_devices(inv, configs).items():
         if isinstance(result, HarnessError):
             unreachable += 1
-            console.print(f"[red]{name}: unreachable[/] {result}")
+            console.print(f"[red]{escape(name)}: unreachable[/] " + escape(str(result)))
             continue
-        console.print(f"[bold]{name}[/]")
+        console.print(f"[bold]{escape(name)}[/]")
         for key, value in result.items():
-            console.print(f"  {key:<16} {value}")
+            console.print(escape(f"  {key:<16} {value}"))
     sys.exit(1 if unreachable else 0)
 
 
@@ -275,7 +279,8 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except HarnessError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        # Plain text, unwrapped: scripts grep this, and paths may hold characters rich reads as markup.
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err_console.print("aborted")

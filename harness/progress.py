@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from workloads.spec import case_label
@@ -34,14 +35,14 @@ class ProgressView:
                 self.tasks[name] = self.progress.add_task("", total=total, device=name, status="starting")
         elif kind == "start" and device in self.tasks:
             case = payload.get("case")
-            self.progress.update(self.tasks[device], status=case_label(case) if case else "")
+            self.progress.update(self.tasks[device], status=escape(case_label(case)) if case else "")
         elif kind == "result" and device in self.tasks:
             self.progress.advance(self.tasks[device])
             for note in payload.get("notes") or []:
-                self.console.print(f"[yellow]warning:[/] {note}")
+                self.console.print("[yellow]warning:[/] " + escape(note))
             if payload.get("status") in ("failed", "timeout"):
-                self.console.print(f"[red]{payload['status']}[/] {device} {case_label(payload['case'])}: "
-                                   f"{payload.get('error')}")
+                self.console.print(f"[red]{payload['status']}[/] " +
+                                   escape(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))
         elif kind == "end" and device in self.tasks:
             self.progress.update(self.tasks[device], status=payload["status"])
         elif kind == "interrupted":

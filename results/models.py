@@ -100,6 +100,7 @@ class Case(Base):
     depth: Mapped[Optional[int]]
     group_size: Mapped[Optional[int]]
     quant: Mapped[Optional[str]] = mapped_column(String(16))
+    diff_lambda: Mapped[Optional[float]] = mapped_column(Float)
     slowdown: Mapped[Optional[int]]
     # The canonical case as JSON: the identity, including keys added by later schema revisions.
     params: Mapped[dict[str, Any]]

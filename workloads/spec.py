@@ -90,6 +90,8 @@ CASE_KEYS: dict[str, KeySpec] = {
                           lambda c: c.get("variant") == "attnres" or c.get("precision") == "int4"),
     "quant": KeySpec(_choice(QUANT_GRANULARITIES), None,
                      lambda c: c.get("precision") in QUANTIZED_PRECISIONS),
+    "diff_lambda": KeySpec(_positive_float, 0.5, _variant_in("differential"),
+                           help="weight of the second softmax map in differential attention"),
     # Test-only: multiplies the kernel's work to plant a known slowdown (regression tests).
     "slowdown": KeySpec(_positive_int, None),
 }

@@ -39,6 +39,7 @@ def upgrade() -> None:
     sa.Column('depth', sa.Integer(), nullable=True),
     sa.Column('group_size', sa.Integer(), nullable=True),
     sa.Column('quant', sa.String(length=16), nullable=True),
+    sa.Column('diff_lambda', sa.Float(), nullable=True),
     sa.Column('slowdown', sa.Integer(), nullable=True),
     sa.Column('params', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id'),

@@ -1,0 +1,104 @@
+"""Faults on the local device: a worker killed mid-case, a hung case, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import HARNESS, REPO, harness, write_matrix
+from results.exchange import export_rows
+from results.store import Store
+
+# Each case measures for about a second, long enough to be interrupted in the middle.
+SLOW_MEASURE = "measure: {warmup_s: 0.05, min_time_s: 1.2, min_samples: 3, max_time_s: 10, timeout_s: 60}"
+FOUR_CASES = "matrix:\n  precision: [fp32, bf16]\n  seq_len: [32, 64]\n"
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(HARNESS + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _stored(db_url: str) -> int:
+    path = Path(db_url.split("///", 1)[1])
+    if not path.exists():
+        return 0
+    try:
+        return sum(Store(db_url, upgrade=False).status_counts(r["run_id"]).get(s, 0)
+                   for r in Store(db_url, upgrade=False).list_runs() for s in ("ok", "failed", "skipped", "timeout"))
+    except Exception:
+        return 0  # schema not created yet
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def _workers_of(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children(recursive=True)
+            if "harness.worker" in " ".join(p.cmdline())]
+
+
+def test_worker_killed_mid_case_fails_that_case_and_the_sweep_goes_on(home, db_url):
+    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32, 48, 64]\n", SLOW_MEASURE)
+    proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
+    _wait_for(lambda: _stored(db_url) >= 1)
+    time.sleep(0.4)  # the second case is measuring now
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 1
+    workers[0].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    rows = sorted(export_rows(Store(db_url)), key=lambda r: r["seq_len"])
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "signal 9 (SIGKILL)" in rows[1]["error"]
+    assert rows[1]["latency_ms_p50"] is None  # nothing made up for the killed case
+
+
+def test_a_case_past_its_timeout_is_cut_off_and_recorded(home, db_url):
+    # slowdown multiplies the work 20000-fold: far past a 2 s timeout.
+    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 20000}\n",
+                          "measure: {warmup_s: 0.05, min_time_s: 0.1, min_samples: 3, max_time_s: 2, timeout_s: 2}")
+    t0 = time.monotonic()
+    proc = harness("run", "--devices", "local", "--matrix", str(matrix), "--db", db_url)
+    assert proc.returncode == 1
+    assert time.monotonic() - t0 < 60
+    rows = {r["seq_len"]: r for r in export_rows(Store(db_url))}
+    assert rows[32]["status"] == "ok"
+    assert rows[64]["status"] == "timeout" and "timeout_s = 2" in rows[64]["error"]
+
+
+def test_ctrl_c_keeps_stored_results_and_resume_stores_every_case_exactly_once(home, db_url):
+    matrix = write_matrix(home / "m.yaml", FOUR_CASES, SLOW_MEASURE)
+    proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
+    _wait_for(lambda: _stored(db_url) >= 2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in out
+    store = Store(db_url)
+    run = store.list_runs()[0]
+    assert run["status"] == "interrupted"
+    before = sum(run["counts"].values())
+    assert 2 <= before < 4
+    # No agent or worker left behind.
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and
+                run["run_id"] in " ".join(p.info["cmdline"])]
+    resumed = harness("run", "--resume", run["run_id"], "--db", db_url)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = export_rows(store, [run["run_id"]])
+    assert len(rows) == 4 and len({r["case_hash"] for r in rows}) == 4
+    assert all(r["status"] == "ok" for r in rows)
+    assert store.list_runs()[0]["status"] == "complete"
