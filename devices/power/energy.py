@@ -53,7 +53,8 @@ def _check_window(times: Sequence[float], start: float, end: float, min_samples:
         raise ValueError("sample times must be non-decreasing")
     if times[0] > start or times[-1] < end:
         raise EnergyError(f"samples cover [{times[0]:.3f}, {times[-1]:.3f}] s but the window is "
-                          f"[{start:.3f}, {end:.3f}] s: start the sampler before the window and stop it after")
+                          f"[{start:.3f}, {end:.3f}] s: start the sampler before the window and stop it "
+                          f"after")
     n_in = bisect.bisect_right(times, end) - bisect.bisect_left(times, start)
     if n_in < min_samples:
         raise EnergyError(f"only {n_in} sensor samples inside the {end - start:.3f} s window (need "

@@ -71,6 +71,14 @@ def _device_dirs(root: str, read_file: ReadFile) -> list[str]:
     return sorted(found.values(), key=os.path.basename)
 
 
+def _label(path: str, read_file: ReadFile, skipped: list[str]) -> str | None:
+    try:
+        return read_file(path).strip()
+    except OSError as exc:
+        skipped.append(f"{path}: unreadable label ({exc})")
+        return None
+
+
 def discover(root: str = "/", read_file: ReadFile = read_text) -> tuple[list[Rail], dict[str, Any]]:
     """Every named rail under `root`, and the chip settings worth storing (update interval, mode)."""
     rails: list[Rail] = []
@@ -88,7 +96,9 @@ def discover(root: str = "/", read_file: ReadFile = read_text) -> tuple[list[Rai
             chips.append(chip)
             for label_path in sorted(glob.glob(os.path.join(folder, "in*_label"))):
                 k = int(re.findall(r"in(\d+)_label$", label_path)[0])
-                label = read_file(label_path).strip()
+                label = _label(label_path, read_file, skipped)
+                if label is None:
+                    continue
                 if k > 3 or label == "sum of shunt voltages":
                     skipped.append(f"{dev} in{k}: {label!r} (shunt-sum pseudo-channel)")
                 elif label == "NC":
@@ -96,7 +106,9 @@ def discover(root: str = "/", read_file: ReadFile = read_text) -> tuple[list[Rai
                 elif os.path.exists(os.path.join(folder, f"in{k}_input")) and \
                         os.path.exists(os.path.join(folder, f"curr{k}_input")):
                     rails.append(Rail(label, dev, k, "hwmon", folder))
-        for folder in sorted(glob.glob(os.path.join(dev_dir, "iio:device*"))):
+        # "iio_device" is the older L4T form of the directory (TX2).
+        iio = glob.glob(os.path.join(dev_dir, "iio:device*")) + glob.glob(os.path.join(dev_dir, "iio_device"))
+        for folder in sorted(iio):
             chip = {"device": dev, "driver": "iio", "path": folder}
             try:
                 chip["running_mode"] = leading_int(read_file(os.path.join(folder, "running_mode")))
@@ -105,7 +117,9 @@ def discover(root: str = "/", read_file: ReadFile = read_text) -> tuple[list[Rai
             chips.append(chip)
             for name_path in sorted(glob.glob(os.path.join(folder, "rail_name_*"))):
                 k = int(name_path.rsplit("_", 1)[1])
-                label = read_file(name_path).strip()
+                label = _label(name_path, read_file, skipped)
+                if label is None:
+                    continue
                 if label == "NC":
                     skipped.append(f"{dev} channel {k}: NC (not connected)")
                 elif any(os.path.exists(os.path.join(folder, f)) for f in
@@ -176,7 +190,8 @@ class JetsonIna3221Sampler(PowerSampler):
         return sum(self._rail_mw(r) for r in self.total_rails) / 1000
 
     def describe(self) -> dict[str, Any]:
-        return {"sensor": "jetson-ina3221", "source": self.source, "scope": "module (carrier board not measured)",
+        return {"sensor": "jetson-ina3221", "source": self.source,
+                "scope": "module (carrier board not measured)",
                 "rails": {r.name: {"device": r.device, "driver": r.driver, "channel": r.channel,
                                    "power_mw": self._rail_mw(r)} for r in self.rails},
                 "total": self.total, "total_rule": self.rule, "update_interval_s": self.update_interval_s,

@@ -17,6 +17,7 @@ from .base import CounterSampler, PowerSampler, Sampler, check_keys, check_posit
 
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_DEVICE_ARCH_VOLTA = 5
 NVML_DEVICE_ARCH_AMPERE = 7
 NVML_DEVICE_ARCH_T23X = 11  # Orin
@@ -33,7 +34,8 @@ class NvmlError(Exception):
 
     @property
     def not_supported(self) -> bool:
-        return self.code == NVML_ERROR_NOT_SUPPORTED
+        """The GPU or driver lacks the feature (as opposed to a failure reading it)."""
+        return self.code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND)
 
 
 class NvmlBackend(Protocol):
@@ -62,7 +64,11 @@ class CtypesNvml:
         self._handles: dict[int, ctypes.c_void_p] = {}
 
     def _call(self, fn: str, *args: Any) -> None:
-        code = getattr(self.lib, fn)(*args)
+        try:
+            func = getattr(self.lib, fn)
+        except AttributeError:  # a driver older than the call
+            raise NvmlError(NVML_ERROR_FUNCTION_NOT_FOUND, f"{fn}: not in this driver's NVML") from None
+        code = func(*args)
         if code != 0:
             raise NvmlError(code, f"{fn}: {self.lib.nvmlErrorString(code).decode(errors='replace')}")
 
@@ -82,7 +88,7 @@ class CtypesNvml:
         arch = ctypes.c_uint()
         try:
             self._call("nvmlDeviceGetArchitecture", self._handle(index), ctypes.byref(arch))
-        except (NvmlError, AttributeError):  # old drivers lack the call
+        except NvmlError:
             return None
         return arch.value
 
@@ -129,7 +135,8 @@ class NvmlPowerSampler(PowerSampler):
         self.source = f"nvml:gpu{index}:power"
         arch = facts.get("architecture")
         # On Ampere and newer the value is already a 1 s moving average: a window needs 1 s per fresh value.
-        self.update_interval_s = 1.0 if arch is not None and arch >= NVML_DEVICE_ARCH_AMPERE else NVML_UPDATE_S
+        averaged = arch is not None and arch >= NVML_DEVICE_ARCH_AMPERE
+        self.update_interval_s = 1.0 if averaged else NVML_UPDATE_S
         check_positive_power(self.source, self.read_w())
 
     def read_w(self) -> float:

@@ -74,14 +74,14 @@ class RaplSampler(CounterSampler):
                 else:
                     self.skipped.append(f"{os.path.basename(sub)}: {sub_name} (inside {name})")
         if not self.zones:
-            raise DeviceError(f"no RAPL package zones under {under(root, '/sys/class/powercap')}: not x86, a VM "
-                              f"or container without powercap, or a new AMD part without powercap zones")
+            raise DeviceError(f"no RAPL package zones under {under(root, '/sys/class/powercap')}: not x86, "
+                              f"a VM or container without powercap, or a new AMD part without powercap zones")
         self.channels = tuple(label for label, _ in self.zones)
         self.ranges = tuple(self._range(zone) for _, zone in self.zones)
         self.source = "rapl:" + "+".join(self.channels)
         self.update_interval_s = RAPL_UPDATE_S
         self.mmio_present = bool(mmio)
-        self.first = self.read_counters()  # fails now, with the reason, if the counters are root-only
+        self.read_counters()  # fails now, with the reason, if the counters are root-only
 
     def _read(self, path: str) -> str:
         try:
@@ -104,8 +104,8 @@ class RaplSampler(CounterSampler):
     def describe(self) -> dict[str, Any]:
         return {"sensor": "rapl", "source": self.source, "unit": "uJ", "scope": "CPU package"
                 + (" + DRAM" if any(c.endswith("/dram") for c in self.channels) else ""),
-                "zones": {label: {"path": zone, "max_energy_range_uj": rng, "energy_uj": value}
-                          for (label, zone), rng, value in zip(self.zones, self.ranges, self.read_counters())},
+                "zones": {label: {"path": zone, "max_energy_range_uj": rng, "energy_uj": value} for
+                          (label, zone), rng, value in zip(self.zones, self.ranges, self.read_counters())},
                 "skipped": self.skipped, "intel_rapl_mmio_present": self.mmio_present}
 
 

@@ -27,7 +27,7 @@ _RAIL = re.compile(r"(?<![\w@/])([A-Za-z]\w*) (\d+(?:\.\d+)?)(mW|W)?/(\d+(?:\.\d
 
 
 def parse_line(line: str) -> dict[str, tuple[float, float]]:
-    """Rails of one tegrastats line: name -> (instantaneous mW, tegrastats' running average mW); NC dropped."""
+    """Rails of one tegrastats line: name -> (instantaneous mW, running average mW); NC dropped."""
     rails: dict[str, tuple[float, float]] = {}
     for name, cur, unit, avg in ((m[1], m[2], m[3], m[4]) for m in _RAIL.finditer(line)):
         if name == "NC":
@@ -98,7 +98,8 @@ class TegrastatsSampler(PowerSampler):
             try:
                 item = self._lines.get(timeout=self._timeout_s)
             except queue.Empty:
-                raise DeviceError(f"{' '.join(self.argv)} printed nothing for {self._timeout_s:.1f} s") from None
+                raise DeviceError(f"{' '.join(self.argv)} printed nothing for {self._timeout_s:.1f} s") \
+                    from None
             if item is None:
                 self._lines.put(None)  # keep reporting the end to later calls
                 raise DeviceError(f"{' '.join(self.argv)} exited: {self._stderr_tail()}")
