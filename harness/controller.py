@@ -26,6 +26,7 @@ from results.store import Store
 from workloads.errors import ConfigError, DeviceError, HarnessError, NotRegisteredError
 from workloads.matrix import Sweep, parse_matrix
 from workloads.spec import case_hash, case_label
+from workloads.stats import instability_warning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Extra seconds past a case's timeout before the controller gives up on a silent agent.
@@ -109,6 +110,7 @@ class DeviceOutcome:
     error: str | None = None
     planned: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    governor: str | None = None
 
 
 @dataclass
@@ -227,8 +229,9 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
             else:
                 inbox.put((name, "end", {"status": "failed", "error": "the agent stopped before finishing"}))
         except HarnessError as exc:
-            inbox.put((name, "end", {"status": "unreachable" if name not in sessions else "failed",
-                                     "error": str(exc)}))
+            # A transport may say what the device's state is (lost mid-run: unreachable, not failed).
+            status = getattr(exc, "device_status", None) or ("unreachable" if name not in sessions else "failed")
+            inbox.put((name, "end", {"status": status, "error": str(exc)}))
         except Exception as exc:  # a transport bug must not take the other devices down
             inbox.put((name, "end", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}))
 
@@ -280,6 +283,7 @@ def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, A
     device = outcome.devices[name]
     if kind == "hello":
         store.set_run_device(run_id, name, status="running", fingerprint=record.get("fingerprint"))
+        device.governor = (record.get("fingerprint") or {}).get("governor")
         events(name, "hello", record)
     elif kind == "idle":
         store.set_run_device(run_id, name, idle_power_w=record.get("idle_power_w"),
@@ -288,6 +292,10 @@ def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, A
         case = cases_by_hash.get(record.get("case_hash", ""))
         if case is None or record.get("run_id") != run_id:
             return  # not ours (a stale journal line): never store it under this run
+        if record.get("samples_ms") and not record.get("replayed"):
+            warning = instability_warning(record["samples_ms"], case_label(case), name, device.governor)
+            if warning:
+                record = {**record, "notes": [*(record.get("notes") or []), warning]}
         stored = store.add_result(run_id, name, case, record)
         if stored.stored:
             device.counts[record["status"]] = device.counts.get(record["status"], 0) + 1

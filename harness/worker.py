@@ -21,6 +21,7 @@ import time
 import traceback
 from typing import Any, Mapping
 
+from devices import thermal
 from workloads.errors import HarnessError
 from workloads.matrix import MeasureConfig
 from workloads.timing import measure
@@ -95,6 +96,8 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         return {"status": "skipped", "error": f"{kernel.key}: {missing}"}
 
+    thermal_before = _thermal_snapshot()
+    cooldown = thermal.cool_down(cfg.cooldown_c, cfg.cooldown_max_s) if cfg.cooldown_c else None
     release_memory()
     threads = _threads(case)
     rss_before_kb = _status_kb("VmRSS")
@@ -107,7 +110,7 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         first = first.detach().to("cpu", torch.float64) if isinstance(first, torch.Tensor) else first
         slowdown = int(case.get("slowdown") or 1)
         fn = built.fn if slowdown == 1 else (lambda: [built.fn() for _ in range(slowdown)][-1])
-        timing = measure(fn, cfg)
+        timing, power = _measure_with_power(fn, cfg, request.get("power"))
     except Unsupported as exc:
         return {"status": "skipped", "error": str(exc), "threads": threads}
     peak_kb = _status_kb("VmHWM") if peak_supported else None
@@ -123,6 +126,8 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         "rss_before_mb": rss_before_kb / 1024 if rss_before_kb else None,
         "peak_mem_mb": peak_kb / 1024 if peak_kb else None,
         "peak_mem_source": "VmHWM after clear_refs" if peak_kb else None,
+        "power": power,
+        "thermal": _thermal_record(thermal_before, _thermal_snapshot(), cooldown),
     })
     del built
     reference = reference_output(case, inputs)
@@ -131,6 +136,78 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         vs_dense = accuracy(first, dense_reference(case, inputs))
         result["accuracy"].update({f"{k}_vs_dense": v for k, v in vs_dense.items()})
     return result
+
+
+_SAMPLERS: dict[str, Any] = {}
+
+
+def sampler_for(power_cfg: Mapping[str, Any] | None) -> Any:
+    """The power sampler for an inventory `power:` mapping, opened once per worker; None without one."""
+    if not power_cfg:
+        return None
+    key = json.dumps(power_cfg, sort_keys=True)
+    if key not in _SAMPLERS:
+        from devices.power import make_sampler
+
+        _SAMPLERS[key] = make_sampler(power_cfg)
+    return _SAMPLERS[key]
+
+
+def _measure_with_power(fn: Any, cfg: MeasureConfig, power_cfg: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """Time `fn`; with a sensor, sample power in a background thread on the same clock and integrate over
+    exactly the timed window, which is stretched until it holds enough sensor readings."""
+    sampler = sampler_for(power_cfg)
+    if sampler is None or sampler.kind == "none":
+        return measure(fn, cfg), None
+    from devices.power import BackgroundSampler, EnergyError
+
+    bg = BackgroundSampler(sampler)
+    min_window = bg.min_window_s()
+    bg.start()
+    try:
+        timing = measure(fn, cfg, min_window_s=min_window)
+    finally:
+        bg.stop()
+    power: dict[str, Any] = {"power_source": sampler.source, "is_estimate": bool(sampler.is_estimate),
+                             "update_interval_s": sampler.update_interval_s, "min_window_s": min_window}
+    try:
+        energy = bg.energy(timing.window_start, timing.window_end)
+    except EnergyError as exc:
+        # A sensor that read nothing usable: the energy columns stay empty and the reason is kept.
+        power["error"] = str(exc)
+        return timing, power
+    assert energy is not None
+    power.update({"energy_mj_per_inf": energy.energy_j * 1e3 / timing.calls, "power_w_avg": energy.power_w_avg,
+                  "energy_j": energy.energy_j, "n_samples": energy.n_samples, "window_s": energy.window_s})
+    return timing, power
+
+
+def _thermal_snapshot() -> dict[str, Any]:
+    try:
+        return thermal.snapshot()
+    except Exception as exc:  # telemetry must never fail a case
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _thermal_record(before: dict[str, Any], after: dict[str, Any], cooldown: Any) -> dict[str, Any]:
+    throttled = None
+    if "throttling" in before and "throttling" in after:
+        throttled = thermal.throttled_between(before["throttling"], after["throttling"])
+    temp = lambda snap: (snap.get("temperature") or {}).get("max_c")  # noqa: E731
+    return {"temp_before_c": temp(before), "temp_after_c": temp(after), "throttled": throttled,
+            "governor": (after.get("governor") or {}).get("governor"), "cooldown": cooldown,
+            "before": before, "after": after}
+
+
+def measure_idle_power(power_cfg: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """The device's idle baseline (W) before a sweep; None, never 0, without a sensor."""
+    from devices.power import measure_idle
+
+    sampler = sampler_for(power_cfg)
+    if sampler is None:
+        return {"idle_power_w": None, "power_source": None}
+    return {"idle_power_w": measure_idle(sampler, seconds), "power_source": sampler.source,
+            "is_estimate": bool(sampler.is_estimate)}
 
 
 def serve(requests: Any, out: Any) -> None:
@@ -147,6 +224,14 @@ def serve(requests: Any, out: Any) -> None:
             from devices.probe import fingerprint
 
             out.write(json.dumps({"fingerprint": fingerprint(request.get("workdir"))}) + "\n")
+            out.flush()
+            continue
+        if "idle" in request:
+            try:
+                answer = measure_idle_power(request["idle"], float(request.get("seconds", 5.0)))
+            except Exception as exc:
+                answer = {"idle_power_w": None, "error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(answer) + "\n")
             out.flush()
             continue
         try:

@@ -32,6 +32,8 @@ class MeasureConfig:
     # Cool down to this CPU temperature (deg C) before each case; None: no cool-down.
     cooldown_c: float | None = None
     cooldown_max_s: float = 120.0
+    # Seconds of idle power measured per device before a sweep (with a power sensor configured).
+    idle_s: float = 5.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
