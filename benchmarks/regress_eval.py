@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from results.detect import detect_change_points  # noqa: E402
+from results.detect import detect_change_points, latest_regression  # noqa: E402
 
 KINDS: tuple[tuple[str, float], ...] = (
     ("none", 0.0), ("slow5", 0.05), ("slow10", 0.10), ("slow25", 0.25), ("fast10", -0.10),
@@ -134,6 +134,31 @@ def score(corpus: Sequence[Synthetic], detector: Detector) -> dict[str, float]:
     return row
 
 
+def score_nightly(corpus: Sequence[Synthetic]) -> dict[str, float]:
+    """``latest_regression`` on the first night after each planted step, and on the last night of clean series.
+
+    Otava has no newest-run mode to compare with; this row shows what the nightly job would say.
+    """
+    flagged = {kind: 0 for kind, _ in KINDS[1:]}
+    total = {kind: 0 for kind, _ in KINDS[1:]}
+    clean = alarms = unstable = 0
+    for s in corpus:
+        if s.step_at is None:
+            verdict = latest_regression(s.runs)
+            clean += 1
+            alarms += verdict.status in ("regression", "improvement")
+            unstable += verdict.status == "unstable"
+        else:
+            verdict = latest_regression(s.runs[:s.step_at + 1])
+            wanted = "improvement" if s.kind.startswith("fast") else "regression"
+            total[s.kind] += 1
+            flagged[s.kind] += verdict.status == wanted
+    row = {kind: flagged[kind] / total[kind] for kind in flagged}
+    row["fa_per_100_clean"] = 100.0 * alarms / max(clean, 1)
+    row["unstable_per_100_clean"] = 100.0 * unstable / max(clean, 1)
+    return row
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one row per detector."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = score(corpus, detector)
         print(f"{name:<14} {row['slow5']:>6.1%} {row['slow10']:>6.1%} {row['slow25']:>6.1%} {row['fast10']:>6.1%} "
               f"{row['fa_per_100']:>7.1f} {row['fa_per_100_clean']:>12.1f} {time.perf_counter() - t0:>8.1f}")
+    t0 = time.perf_counter()
+    row = score_nightly(corpus)
+    print("newest-run mode (latest_regression), first night after the step; alarms on the last night of clean series:")
+    print(f"{'nightly':<14} {row['slow5']:>6.1%} {row['slow10']:>6.1%} {row['slow25']:>6.1%} {row['fast10']:>6.1%} "
+          f"{'':>7} {row['fa_per_100_clean']:>12.1f} {time.perf_counter() - t0:>8.1f}   "
+          f"(unstable per 100 clean: {row['unstable_per_100_clean']:.1f})")
     return 0
 
 

@@ -175,5 +175,37 @@ def stable(fp: dict[str, Any]) -> dict[str, Any]:
     return {k: fp.get(k) for k in STABLE_FIELDS}
 
 
+def power_report(power_cfg: dict[str, Any] | None, root: str = "/") -> dict[str, Any]:
+    """Sensors present, and for a configured sensor its rails and a live reading, or why it reads nothing."""
+    from devices.power import available_sensors, make_sampler
+
+    report: dict[str, Any] = {"available": available_sensors(root), "configured": power_cfg}
+    if not power_cfg:
+        return report
+    try:
+        sampler = make_sampler(power_cfg, root)
+        report["describe"] = sampler.describe()
+        report["source"] = sampler.source
+        report["is_estimate"] = bool(sampler.is_estimate)
+        sampler.close()
+    except Exception as exc:  # HarnessError subclasses carry the reason a user can act on
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def main(argv: list[str]) -> None:
+    """`python -m devices.probe [WORKDIR] [--power JSON]`: the fingerprint (and power report) as JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m devices.probe")
+    parser.add_argument("workdir", nargs="?")
+    parser.add_argument("--power", default=None, help="the inventory's power mapping as JSON")
+    args = parser.parse_args(argv)
+    fp = fingerprint(args.workdir)
+    if args.power is not None:
+        fp["power_report"] = power_report(json.loads(args.power) or None)
+    print(json.dumps(fp, indent=2, sort_keys=True, default=str))
+
+
 if __name__ == "__main__":
-    print(json.dumps(fingerprint(sys.argv[1] if len(sys.argv) > 1 else None), indent=2, sort_keys=True))
+    main(sys.argv[1:])

@@ -17,7 +17,8 @@ def probe_local(device: DeviceConfig) -> dict[str, Any]:
     """Run the probe with the device's own python, as a run would."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([device.python or sys.executable, "-m", "devices.probe", device.workdir],
+    proc = subprocess.run([device.python or sys.executable, "-m", "devices.probe", device.workdir,
+                           "--power", json.dumps(dict(device.power) if device.power else None)],
                           capture_output=True, text=True, env=env, timeout=120)
     if proc.returncode != 0:
         raise DeviceError(f"probe failed on {device.name}: {proc.stderr.strip()[-500:]}")
@@ -39,8 +40,45 @@ def summarize_fingerprint(fp: Mapping[str, Any]) -> dict[str, Any]:
         "python": f"{fp.get('python')} ({fp.get('python_version')})",
         "torch": fp.get("torch") or "not installed", "onnxruntime": fp.get("onnxruntime") or "not installed",
         "cuda": fp.get("cuda_device") or "-", "governor": fp.get("governor") or "unknown",
-        "thermal": fp.get("thermal"), "disk free": f"{fp.get('disk_free_mb')} MB in {fp.get('workdir')}",
+        "temperature": _temperature(fp.get("thermal") or {}),
+        "throttling": _throttling(fp.get("thermal") or {}),
+        "disk free": f"{fp.get('disk_free_mb')} MB in {fp.get('workdir')}",
+        **_power_lines(fp.get("power_report")),
     }
+
+
+def _temperature(thermal: Mapping[str, Any]) -> str:
+    temp = thermal.get("temperature") or {}
+    if temp.get("max_c") is None:
+        return f"unknown ({temp.get('reason') or thermal.get('error') or 'no sensor'})"
+    return f"{temp['max_c']:.1f} C (hottest sensor)"
+
+
+def _throttling(thermal: Mapping[str, Any]) -> str:
+    thr = thermal.get("throttling") or {}
+    if thr.get("source") is None:
+        return f"unknown ({thr.get('reason') or 'no source'})"
+    flags = [k for k, v in thr.items() if v is True]
+    return f"{thr['source']}: {', '.join(flags) or 'none'}"
+
+
+def _power_lines(report: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not report:
+        return {}
+    lines: dict[str, Any] = {"sensors found": ", ".join(report.get("available") or []) or "none"}
+    if not report.get("configured"):
+        lines["power"] = "not configured (energy columns stay empty)"
+    elif "error" in report:
+        lines["power"] = f"FAILED: {report['error']}"
+    else:
+        lines["power"] = f"{report['source']}" + (" (an estimate)" if report.get("is_estimate") else "")
+        lines["power detail"] = json.dumps(report.get("describe"), default=str)
+    return lines
+
+
+def power_failed(summary: Mapping[str, Any]) -> bool:
+    """A configured sensor that reads nothing fails the check."""
+    return str(summary.get("power", "")).startswith("FAILED")
 
 
 def check_devices(inventory: Inventory, configs: list[DeviceConfig]) -> dict[str, dict[str, Any] | HarnessError]:

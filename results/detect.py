@@ -15,7 +15,8 @@ How a change is decided (see ``detect_change_points``):
    Welch t-test on the run medians of the two neighbouring segments: 20% trimming makes the occasional
    spike night on either side irrelevant, where Otava's plain t-test lets it through or splits on it.
    A step survives when p <= ``alpha`` and its size is not demonstrably below ``min_effect`` (the one-sided
-   95% upper bound of the change reaches it).
+   95% upper bound of the change reaches it). Survivors are then nudged, by at most ``min_runs`` runs, to
+   where a capped L1 cost is least (a spike night next to a step must not pull it), and pruned again.
 4. Where the key changes, the last segment before and the first after are compared the same way; a change
    there is reported with ``cause="environment changed"``.
 
@@ -27,7 +28,7 @@ regression). It also reports a step that the newest run has just confirmed over 
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence, Union
@@ -47,6 +48,15 @@ _EFFECT_Z = 1.6448536269514722
 _TRIM = 0.2
 # Floor on the night-to-night scale (log units, i.e. 0.01%): keeps t finite on perfectly flat histories.
 _SCALE_FLOOR = 1e-4
+# A night whose samples change shape at this level is "unstable", not a regression: missing a real
+# regression this way costs a day (it is still reported, and the step is confirmed later); crying wolf
+# over a bimodal night costs trust.
+_SHAPE_ALPHA = 0.01
+_SHAPE_K = 4.0
+# Costs closer than this (log units) are a tie, broken by a fixed rule rather than by rounding.
+_TIE = 1e-9
+# Cap on one run's deviation when placing a step, in noise scales (see _refine).
+_CAP = 3.0
 # Penalty multiplier for candidate steps in the L1 partition, in units of run-to-run noise times log(n).
 # Low on purpose: the partition only proposes; the merge step with its test decides.
 _PENALTY = 1.0
@@ -58,12 +68,15 @@ class Run:
 
     ``key`` is the comparability key (stable fingerprint fields, library versions): runs with equal keys
     are comparable; it is compared with ``==`` and may be any value (a tuple, a dict, a string).
+    ``throttled`` marks a run during which the device reported throttling: ``latest_regression`` will
+    not call such a night a regression on its own (history detection treats it like any other run).
     """
 
     samples: Sequence[float]
     run_id: str | None = None
     started_at: Any = None
     key: Any = None
+    throttled: bool = False  # the device reported throttling (telemetry) during this run
 
 
 RunLike = Union[Run, Sequence[float]]
@@ -204,20 +217,41 @@ def _l1_partition(y: np.ndarray, penalty: float, min_size: int) -> list[int]:
     values = [float(v) for v in y]
     cost = np.full((n + 1, n + 1), np.inf)
     for a in range(n):
-        ordered: list[float] = []
+        # Two heaps hold the lower half (negated) and the upper half, with running sums: the sum of
+        # absolute deviations from the median is then sum(upper) - sum(lower), O(log n) per run added.
+        low: list[float] = []
+        high: list[float] = []
+        sum_low = sum_high = 0.0
         for b in range(a + 1, n + 1):
-            bisect.insort(ordered, values[b - 1])
-            m = b - a
-            half = m // 2
-            # Sum of absolute deviations from the median: upper half minus lower half of the sorted run.
-            cost[a, b] = sum(ordered[m - half:]) - sum(ordered[:half])
+            v = values[b - 1]
+            if low and v < -low[0]:
+                heapq.heappush(low, -v)
+                sum_low += v
+            else:
+                heapq.heappush(high, v)
+                sum_high += v
+            if len(low) > len(high):
+                moved = -heapq.heappop(low)
+                sum_low -= moved
+                heapq.heappush(high, moved)
+                sum_high += moved
+            elif len(high) > len(low) + 1:
+                moved = heapq.heappop(high)
+                sum_high -= moved
+                heapq.heappush(low, -moved)
+                sum_low += moved
+            # With an odd count the median sits in `high` and cancels out of the deviation sum.
+            middle = high[0] if len(high) > len(low) else 0.0
+            cost[a, b] = sum_high - middle - sum_low
     best = np.full(n + 1, np.inf)
     best[0] = -penalty
     prev = np.zeros(n + 1, dtype=int)
     for b in range(min_size, n + 1):
         starts = np.arange(0, b - min_size + 1)
         total = best[starts] + cost[starts, b] + penalty
-        i = int(np.argmin(total))
+        # L1 costs tie exactly more often than one would think (a flat stretch of optimal boundaries);
+        # rounding must not pick among them, or the answer would depend on the unit of the samples.
+        i = int(np.flatnonzero(total <= total.min() + _TIE)[0])
         best[b], prev[b] = total[i], starts[i]
     cuts: list[int] = []
     b = n
@@ -269,6 +303,26 @@ def _prediction(before: np.ndarray, after: np.ndarray, floor: float = _SCALE_FLO
     return _Test(diff=float(np.median(after)) - centre, se=se, statistic=float(t), p_value=p, name="prediction_t")
 
 
+def _shape_p_value(new_logs: np.ndarray, history: list[np.ndarray]) -> float:
+    """p-value that a night's samples, centred on their median, do not share the history's shape.
+
+    The smaller of two tests: Kolmogorov-Smirnov against the pooled centred history samples, and a binomial
+    test on the share of samples more than 4 typical spreads from the median (a slow mode, throttling part
+    way through) against the usual share in a history night (20%-trimmed mean over nights).
+    """
+    if new_logs.size < 5 or not history:
+        return 1.0
+    centred = [v - np.median(v) for v in history]
+    new = new_logs - np.median(new_logs)
+    ks = float(_st.ks_2samp(new, np.concatenate(centred)).pvalue)
+    spread = max(float(np.median([_robust_scale(v) for v in centred])), _SCALE_FLOOR)
+    usual = [float(np.mean(np.abs(v) > _SHAPE_K * spread)) for v in centred]
+    share = max(float(_st.trim_mean(usual, _TRIM)), 0.01)
+    outside = int(np.sum(np.abs(new) > _SHAPE_K * spread))
+    band = float(_st.binom.sf(outside - 1, new.size, share))
+    return min(ks, band)
+
+
 def _compare(before: np.ndarray, after: np.ndarray) -> _Test | None:
     if before.size >= 2 and after.size >= 2:
         return _yuen(before, after)
@@ -306,6 +360,28 @@ def _merge(y: np.ndarray, cuts: list[int], alpha: float, min_effect: float) -> l
         else:
             weakest = min(failing, key=lambda i: abs(tests[i].diff))
         del cuts[weakest]
+    return cuts
+
+
+def _refine(y: np.ndarray, cuts: list[int], min_size: int, scale: float) -> list[int]:
+    """Move each step by up to ``min_size`` runs to where a capped L1 cost between its neighbours is least.
+
+    Capping each run's deviation at ``_CAP`` noise scales makes a spike night cost the same on either
+    side, so a throttled night just before a step no longer drags the step onto itself.
+    """
+    cuts = list(cuts)
+    cap = _CAP * scale
+
+    def cost(part: np.ndarray) -> float:
+        return float(np.minimum(np.abs(part - np.median(part)), cap).sum())
+
+    for i in range(len(cuts)):
+        lo = 0 if i == 0 else cuts[i - 1]
+        hi = int(y.size) if i == len(cuts) - 1 else cuts[i + 1]
+        options = range(max(lo + min_size, cuts[i] - min_size), min(hi - min_size, cuts[i] + min_size) + 1)
+        costs = {c: cost(y[lo:c]) + cost(y[c:hi]) for c in options}
+        least = min(costs.values())
+        cuts[i] = min((c for c in options if costs[c] <= least + _TIE), key=lambda c: (abs(c - cuts[i]), c))
     return cuts
 
 
@@ -367,8 +443,10 @@ def detect_change_points(
     segments_per_block: list[list[tuple[int, int]]] = []
     for start, stop in _blocks(keys):
         block = y[start:stop]
-        penalty = _PENALTY * _noise_scale(block) * math.log(max(block.size, 2))
+        scale = _noise_scale(block)
+        penalty = _PENALTY * scale * math.log(max(block.size, 2))
         cuts = _merge(block, _l1_partition(block, penalty, min_runs), alpha, min_effect)
+        cuts = _merge(block, _refine(block, cuts, min_runs, scale), alpha, min_effect)
         bounds = [start, *(start + c for c in cuts), stop]
         segments = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
         segments_per_block.append(segments)
@@ -452,9 +530,9 @@ def latest_regression(
                   confidence=confidence)
     older = detect_change_points(runs[:last], **params)
     # (2) a step over the last nights that this run just confirmed
-    known = {cp.index for cp in older}
     for cp in detect_change_points(runs, **params):
-        if cp.index not in known and last in cp.after_runs:
+        # A known step may move by a night when a run is added; only a step with none nearby is new.
+        if last in cp.after_runs and all(abs(cp.index - old.index) > min_runs for old in older):
             return verdict(
                 cp.direction, f"step over the last {len(cp.after_runs)} runs confirmed by this run",
                 before=cp.before, after=cp.after, change_pct=cp.change_pct, statistic=cp.statistic,
@@ -473,8 +551,9 @@ def latest_regression(
         history = [i for i in history if i >= same_key[0]]
         cause = None
     if len(history) < min_history:
+        after = f" (the step at run {older[-1].index})" if older else ""
         return verdict("insufficient_history",
-                       f"{len(history)} comparable runs since the last step; need {min_history}",
+                       f"{len(history)} comparable runs since the last step{after}; need {min_history}",
                        history_runs=tuple(history))
 
     hist_logs = [_log_samples(runs[i], i) for i in history]
@@ -492,11 +571,12 @@ def latest_regression(
     if test.p_value > alpha or abs(change) < min_effect:
         return verdict("ok", "within the history's night-to-night spread or below the minimum effect", **fields)
 
-    residuals = [v - np.median(v) for v in hist_logs if v.size >= 5]
-    if new_logs.size >= 5 and residuals:
-        shape = _st.ks_2samp(new_logs - np.median(new_logs), np.concatenate(residuals))
-        if shape.pvalue < alpha:
-            return verdict("unstable", f"samples changed shape against history (KS p={shape.pvalue:.2g}): "
-                           "bimodal or throttled night? re-measure before trusting it", **fields)
+    if newest.throttled:
+        return verdict("unstable", "the device reported throttling during this run; re-measure before trusting it",
+                       **fields)
+    shape_p = _shape_p_value(new_logs, [v for v in hist_logs if v.size >= 5])
+    if shape_p < _SHAPE_ALPHA:
+        return verdict("unstable", f"its samples changed shape against history (p={shape_p:.2g}): bimodal or "
+                       "throttled part way? re-measure before trusting it", **fields)
     return verdict(_direction(new_y - float(np.median(hist_y)), lower_is_better),
                    "the newest night is outside its history's prediction interval", **fields)
