@@ -158,7 +158,7 @@ def devices_list(inventory: str | None) -> None:
 def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
     """Probe devices: CPU, ISA features, memory, OS, Python, torch/onnxruntime, governor, sensors."""
     from devices.inventory import load_inventory
-    from harness.checks import check_devices
+    from harness.checks import check_devices, power_failed
 
     inv = load_inventory(inventory)
     configs = inv.resolve(list(names))
@@ -171,7 +171,50 @@ def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
         console.print(f"[bold]{escape(name)}[/]")
         for key, value in result.items():
             console.print(escape(f"  {key:<16} {value}"))
+        if power_failed(result):
+            unreachable += 1
     sys.exit(1 if unreachable else 0)
+
+
+@devices.command("trust")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Pin without asking (for scripts); the fingerprint is still printed.")
+@inventory_option
+def devices_trust(name: str, yes: bool, inventory: str | None) -> None:
+    """Show a device's SSH host key fingerprint and pin it in known_hosts."""
+    from devices.inventory import load_inventory
+    from harness.ssh import pin_host_key, scan_host_key
+    from workloads.errors import DeviceError
+
+    inv = load_inventory(inventory)
+    [device] = inv.resolve([name])
+    if device.is_local:
+        raise HarnessError(f"'{name}' is this machine; it is reached without SSH and needs no host key")
+    try:
+        scan = scan_host_key(device, inv)
+    except DeviceError as exc:
+        console.print(f"[red]{name}: unreachable[/] {exc}")
+        sys.exit(1)
+    console.print(f"{name} ({scan.host_id}) presents {scan.key.get_name()} key {scan.fingerprint}")
+    if scan.state == "trusted":
+        console.print(f"already pinned in {scan.known_hosts}; nothing to do")
+        return
+    if scan.state == "changed":
+        assert scan.pinned is not None
+        from harness.ssh import fingerprint
+
+        console.print(f"[red]WARNING: this is not the key pinned in {scan.known_hosts}[/] "
+                      f"({fingerprint(scan.pinned)}). A reinstalled device explains this; so would someone in "
+                      "the middle. Check the new fingerprint on the device itself: ssh-keygen -lf "
+                      "/etc/ssh/ssh_host_*_key.pub")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise HarnessError("no terminal to confirm on: check the fingerprint above on the device, then rerun "
+                               f"with --yes; nothing was written to {scan.known_hosts}")
+        if not click.confirm(f"Trust this key for {name}?", default=False):
+            raise HarnessError(f"not trusted; nothing was written to {scan.known_hosts}")
+    path = pin_host_key(scan)
+    console.print(f"pinned {scan.host_id} {scan.key.get_name()} {scan.fingerprint} in {path}")
 
 
 # -- results ---------------------------------------------------------------------------------------------
@@ -252,6 +295,120 @@ def results_import(file: str, db: str | None) -> None:
     counts = import_rows(store, rows, file)
     console.print(f"imported {counts['measurements_added']} measurement(s) in {counts['runs_added']} new run(s); "
                   f"{counts['measurements_skipped']} already present")
+
+
+# -- compare, regress, nightly ---------------------------------------------------------------------------
+@cli.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--devices", "devices_opt", default="", help="Only these devices (comma-separated).")
+@click.option("--force", is_flag=True, help="Compare runs whose environments differ (the fields are listed).")
+@click.option("--min-effect", default=0.05, show_default=True, help="Smallest speedup change that counts.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@db_option
+def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: float, fmt: str,
+            db: str | None) -> None:
+    """Per case: both medians, speedup A/B with a bootstrap interval, and a verdict."""
+    from dataclasses import asdict
+
+    from harness.report import comparison_rows
+    from results.compare import compare_runs
+    from results.store import open_store
+
+    devices = [d.strip() for d in devices_opt.split(",") if d.strip()] or None
+    result = compare_runs(open_store(db), run_a, run_b, devices=devices, min_effect=min_effect, force=force)
+    if fmt == "json":
+        print(json.dumps(asdict(result), indent=1, default=str))
+        return
+    for d in result.stable_diffs:
+        console.print(f"[red bold]NOT COMPARABLE[/] " + escape(f"{d.device}: {d.field} {d.a!r} -> {d.b!r}"))
+    table = Table(title=f"A = {result.run_a}, B = {result.run_b} (speedup = A/B, > 1 means B is faster)")
+    for col in ("device", "case", "A p50 ms", "B p50 ms", "speedup", "95% CI", "verdict"):
+        table.add_column(col, justify="right" if "ms" in col or col in ("speedup", "95% CI") else "left")
+    for row in comparison_rows(result):
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts.items()))
+    geo = f"{result.geomean:.3f}" if result.geomean else "-"
+    console.print(f"geometric mean speedup {geo}; {counts}")
+
+
+def _regress(store: Any, devices: list[str] | None, history: bool, min_effect: float, alpha: float,
+             metrics: list[str]) -> list[Any]:
+    from results import regress as rg
+
+    if history:
+        return rg.history(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha)
+    return rg.latest(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha)
+
+
+metric_option = click.option("--metric", "metrics", multiple=True, default=("latency_ms",), show_default=True,
+                             type=click.Choice(["latency_ms", "energy_mj_per_inf", "cos_sim"]))
+
+
+@cli.command()
+@click.option("--devices", "devices_opt", default="", help="Only these devices (comma-separated).")
+@click.option("--history", is_flag=True, help="List every change point in the stored history.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--min-effect", default=0.05, show_default=True, help="Smallest relative change reported.")
+@click.option("--alpha", default=0.001, show_default=True, help="Significance level.")
+@metric_option
+@db_option
+def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha: float, metrics: tuple[str, ...],
+            db: str | None) -> None:
+    """The newest run per device against its history (exit 1 on regressions), or --history."""
+    from harness.report import findings_json, findings_markdown, findings_text
+    from results.store import open_store
+
+    devices = [d.strip() for d in devices_opt.split(",") if d.strip()] or None
+    findings = _regress(open_store(db), devices, history, min_effect, alpha, list(metrics))
+    mode = "history" if history else "latest"
+    if fmt == "json":
+        print(findings_json(findings))
+    elif fmt == "markdown":
+        print(findings_markdown(findings, title="attn-harness regressions", mode=mode))
+    else:
+        print(findings_text(findings, mode=mode))
+    if not history and any(f.direction == "regression" for f in findings):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--devices", "devices_opt", required=True, help="Comma-separated device names.")
+@click.option("--matrix", "matrix", required=True, metavar="FILE", help="Sweep matrix YAML.")
+@click.option("--tag", default="nightly", show_default=True)
+@click.option("--report", "report_path", default=None, metavar="FILE",
+              help="Markdown report (default nightly-<run id>.md).")
+@click.option("--min-effect", default=0.05, show_default=True)
+@click.option("--alpha", default=0.001, show_default=True)
+@db_option
+@inventory_option
+def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, min_effect: float, alpha: float,
+            db: str | None, inventory: str | None) -> None:
+    """Run the sweep, then regress the newest run against history, then write the markdown report."""
+    from devices.inventory import load_inventory
+    from harness.controller import run_sweep
+    from harness.progress import ProgressView
+    from harness.report import findings_markdown, findings_text
+    from results.store import open_store
+
+    devices = [d.strip() for d in devices_opt.split(",") if d.strip()]
+    inv = load_inventory(inventory)
+    run_sweep(inv, None, devices=devices, matrix_path=matrix, dry_run=True)  # validate before writing
+    store = open_store(db)
+    with ProgressView(console) as view:
+        outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event)
+    _print_summary(store, outcome)
+    findings = _regress(store, devices, False, min_effect, alpha, ["latency_ms"])
+    path = report_path or f"nightly-{outcome.run_id}.md"
+    text = findings_markdown(findings, title=f"attn-harness nightly, run {outcome.run_id} ({outcome.status})",
+                             mode="latest")
+    with open(path, "w") as fh:
+        fh.write(text + "\n")
+    print(findings_text(findings, mode="latest"))
+    console.print(f"report written to {escape(path)}")
+    regressed = any(f.direction == "regression" for f in findings)
+    sys.exit(1 if regressed or outcome.exit_code else 0)
 
 
 # -- db --------------------------------------------------------------------------------------------------

@@ -138,6 +138,25 @@ def _no_events(device: str, kind: str, payload: Mapping[str, Any]) -> None:
     pass
 
 
+TEST_SLOWDOWN_ENV = "HARNESS_TEST_SLOWDOWN"
+
+
+def planted_slowdown_from_env() -> dict[str, int] | None:
+    """Test-only: `HARNESS_TEST_SLOWDOWN="fp32=3,int8=2"` (or `"*=3"`) repeats matching kernels' work, to
+    plant a known regression without changing case identities. Recorded with every result it touches."""
+    spec = os.environ.get(TEST_SLOWDOWN_ENV)
+    if not spec:
+        return None
+    out: dict[str, int] = {}
+    for part in spec.split(","):
+        precision, _, factor = part.partition("=")
+        if not factor.strip().isdigit() or int(factor) < 1:
+            raise ConfigError(f"{TEST_SLOWDOWN_ENV}={spec!r}: expected PRECISION=FACTOR[,...] with FACTOR >= 1",
+                              key=TEST_SLOWDOWN_ENV)
+        out[precision.strip()] = int(factor)
+    return out
+
+
 def check_registered(sweep: Sweep, file: str) -> None:
     """Refuse, before anything is written, cases no kernel implements."""
     for case in sweep.cases:
@@ -208,7 +227,8 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     def drive(config: DeviceConfig) -> None:
         name = config.name
         plan = {"run_id": run_id, "device": name, "cases": plans[name], "measure": sweep.measure.to_dict(),
-                "workdir": config.workdir, "power": dict(config.power) if config.power else None, "seed": 0}
+                "workdir": config.workdir, "power": dict(config.power) if config.power else None, "seed": 0,
+                "test_slowdown": planted_slowdown_from_env()}
         try:
             if not plans[name]:
                 inbox.put((name, "end", {"status": "complete"}))

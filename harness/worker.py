@@ -108,7 +108,9 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         built = kernel.build(case, inputs, Context(device=device, caps=caps))
         first = built.fn()
         first = first.detach().to("cpu", torch.float64) if isinstance(first, torch.Tensor) else first
-        slowdown = int(case.get("slowdown") or 1)
+        test_slowdown = request.get("test_slowdown") or {}
+        planted = int(test_slowdown.get(case["precision"], test_slowdown.get("*", 1)))
+        slowdown = int(case.get("slowdown") or 1) * planted
         fn = built.fn if slowdown == 1 else (lambda: [built.fn() for _ in range(slowdown)][-1])
         timing, power = _measure_with_power(fn, cfg, request.get("power"))
     except Unsupported as exc:
@@ -127,6 +129,7 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         "peak_mem_mb": peak_kb / 1024 if peak_kb else None,
         "peak_mem_source": "VmHWM after clear_refs" if peak_kb else None,
         "power": power,
+        "test_slowdown": planted if planted != 1 else None,
         "thermal": _thermal_record(thermal_before, _thermal_snapshot(), cooldown),
     })
     del built

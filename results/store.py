@@ -90,7 +90,7 @@ def measurement_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     details = {k: record[k] for k in ("compute", "kernel_bytes", "kernel_meta", "warmup_calls", "warmup_s",
                                       "calls", "stopped_by", "notes", "torch_device", "rss_before_mb",
                                       "peak_mem_source", "traceback", "thermal", "power", "window_start",
-                                      "window_end")
+                                      "window_end", "test_slowdown")
                if record.get(k) not in (None, [], {})}
     if acc:
         details["accuracy"] = acc  # NaN kept here (JSON allows it in Python), so a failed accuracy shows

@@ -1,0 +1,74 @@
+"""Formatting of regression findings and comparisons for people (text, markdown) and scripts (JSON).
+
+Findings and comparisons are plain data (results.regress, results.compare); only this module formats them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from workloads.spec import case_label
+
+UNITS = {"latency_ms": "ms", "energy_mj_per_inf": "mJ", "cos_sim": ""}
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def findings_json(findings: Sequence[Any]) -> str:
+    return json.dumps([f.to_dict() for f in findings], indent=1, default=str)
+
+
+def _line(f: Any) -> str:
+    unit = UNITS.get(f.metric, "")
+    differs = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in f.differs.items()) or "nothing recorded"
+    return (f"{f.direction.upper()} {f.device} {case_label(f.case)} {f.metric}: {_num(f.before)} {unit} "
+            f"[{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] -> {_num(f.after)} {unit} "
+            f"[{_num(f.after_interval[0])}, {_num(f.after_interval[1])}] ({f.change_pct:+.1f}%), "
+            f"first in run {f.run_id} at {f.started_at}; {f.statistic_name} = {_num(f.statistic)}, "
+            f"p = {f.p_value:.2g}; runs before {len(f.runs_before)}, after {len(f.runs_after)}; "
+            f"differs: {differs}" + (f"; likely cause: {f.cause}" if f.cause else ""))
+
+
+def findings_text(findings: Sequence[Any], *, mode: str) -> str:
+    if not findings:
+        return "no regressions or improvements found" if mode == "latest" else "no change points in the history"
+    return "\n".join(_line(f) for f in findings)
+
+
+def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
+    out = [f"# {title}", ""]
+    regressions = [f for f in findings if f.direction == "regression"]
+    improvements = [f for f in findings if f.direction == "improvement"]
+    out.append(f"{len(regressions)} regression(s), {len(improvements)} improvement(s)"
+               + (" against each series' stable history." if mode == "latest" else " in the stored history."))
+    out.append("")
+    for heading, group in (("Regressions", regressions), ("Improvements", improvements)):
+        if not group:
+            continue
+        out += [f"## {heading}", "",
+                "| device | case | metric | before | after | change | first run | statistic | differs |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for f in group:
+            differs = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in f.differs.items()) or "-"
+            out.append(f"| {f.device} | {case_label(f.case)} | {f.metric} | {_num(f.before)} "
+                       f"[{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] | {_num(f.after)} "
+                       f"[{_num(f.after_interval[0])}, {_num(f.after_interval[1])}] | {f.change_pct:+.1f}% | "
+                       f"`{f.run_id}` | {f.statistic_name} {_num(f.statistic)}, p={f.p_value:.2g} | {differs} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def comparison_rows(comparison: Any) -> list[list[str]]:
+    rows = []
+    for c in comparison.cases:
+        ci = f"[{c.ci_low:.3f}, {c.ci_high:.3f}]" if c.ci_low is not None else "-"
+        rows.append([c.device, c.label, _ms(c.a.median_ms), _ms(c.b.median_ms),
+                     f"{c.speedup:.3f}" if c.speedup is not None else "-", ci, c.verdict])
+    return rows
+
+
+def _ms(x: float | None) -> str:
+    return f"{x:.4g}" if x is not None else "-"

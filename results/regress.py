@@ -1,0 +1,235 @@
+"""Regression findings over the stored history: series from the database in, findings out.
+
+A series is (device, case, metric) over runs in time order. Latency series carry each run's raw samples;
+energy and accuracy carry one value per run. The statistics are `results.detect` (a pure core); this module
+only loads series, calls it, and says what differed between the runs on both sides of a change (harness
+revision, library versions, fingerprint fields), which is the likely cause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import select
+
+from devices.probe import STABLE_FIELDS
+
+from . import detect
+from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
+from .store import Store, unpack_samples
+
+# metric -> (column, lower is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "latency_ms": ("latency_ms_p50", True),
+    "energy_mj_per_inf": ("energy_mj_per_inf", True),
+    "cos_sim": ("cos_sim", False),
+}
+# With fewer runs than the detector's history needs, the newest run is compared with the one before it:
+# Mann-Whitney on raw samples (asv's test) at this level, and a larger minimum effect, because one run
+# against one run cannot separate a change from night-to-night drift.
+SHORT_HISTORY_ALPHA = 0.002
+SHORT_HISTORY_MIN_EFFECT = 0.10
+
+
+@dataclass
+class SeriesPoint:
+    run_id: str
+    started_at: datetime
+    samples: list[float]
+    env_key: str | None
+    throttled: bool
+    fingerprint: dict[str, Any] | None
+    git_revision: str | None
+    harness_version: str | None
+
+
+@dataclass
+class Series:
+    device: str
+    case_hash: str
+    case: dict[str, Any]
+    metric: str
+    points: list[SeriesPoint] = field(default_factory=list)
+
+    def runs(self) -> list[detect.Run]:
+        return [detect.Run(p.samples, run_id=p.run_id, started_at=p.started_at, key=p.env_key,
+                           throttled=p.throttled) for p in self.points]
+
+
+@dataclass
+class Finding:
+    """One change in one series, as `harness regress` reports it (SPEC.md's JSON shape plus context)."""
+
+    device: str
+    case: dict[str, Any]
+    metric: str
+    run_id: str
+    started_at: str
+    before: float
+    after: float
+    before_interval: tuple[float, float]
+    after_interval: tuple[float, float]
+    change_pct: float
+    direction: str
+    statistic: float
+    statistic_name: str
+    p_value: float
+    runs_before: list[str]
+    runs_after: list[str]
+    differs: dict[str, tuple[Any, Any]]
+    cause: str | None = None
+    case_hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["differs"] = {k: list(v) for k, v in self.differs.items()}
+        return d
+
+
+def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: str = "latency_ms",
+                until_run: Mapping[str, str] | None = None) -> list[Series]:
+    """Every (device, case) series of `metric` from ok measurements, runs in time order."""
+    column, _ = METRICS[metric]
+    with store.Session() as s:
+        query = (select(Device.name, Case.hash, Case.params, Run.id, Run.started_at, Run.git_revision,
+                        Run.harness_version, RunDevice.env_key, RunDevice.fingerprint, Measurement.throttled,
+                        getattr(Measurement, column), SampleSet.values)
+                 .join(Device, Device.id == Measurement.device_id)
+                 .join(Case, Case.id == Measurement.case_id)
+                 .join(Run, Run.id == Measurement.run_id)
+                 .outerjoin(RunDevice, (RunDevice.run_id == Measurement.run_id)
+                            & (RunDevice.device_id == Measurement.device_id))
+                 .outerjoin(SampleSet, SampleSet.measurement_id == Measurement.id)
+                 .where(Measurement.status == "ok", getattr(Measurement, column).is_not(None))
+                 .order_by(Device.name, Case.hash, Run.started_at, Run.id))
+        if devices:
+            query = query.where(Device.name.in_(list(devices)))
+        out: dict[tuple[str, str], Series] = {}
+        for (device, chash, params, run_id, started, rev, version, env_key, fp, throttled, value,
+             blob) in s.execute(query):
+            series = out.setdefault((device, chash), Series(device, chash, dict(params), metric))
+            samples = unpack_samples(blob) if (metric == "latency_ms" and blob) else [float(value)]
+            series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled), fp, rev, version))
+    return list(out.values())
+
+
+def what_differs(a: SeriesPoint, b: SeriesPoint) -> dict[str, tuple[Any, Any]]:
+    """Fields that changed between two runs: harness revision and version, stable fingerprint fields."""
+    diff: dict[str, tuple[Any, Any]] = {}
+    if a.git_revision != b.git_revision:
+        diff["git_revision"] = (a.git_revision, b.git_revision)
+    if a.harness_version != b.harness_version:
+        diff["harness_version"] = (a.harness_version, b.harness_version)
+    fa, fb = a.fingerprint or {}, b.fingerprint or {}
+    for key in STABLE_FIELDS:
+        if fa.get(key) != fb.get(key):
+            diff[key] = (fa.get(key), fb.get(key))
+    return diff
+
+
+def _iso(t: Any) -> str:
+    return t.isoformat() if isinstance(t, datetime) else str(t)
+
+
+def _finding(series: Series, cp: Any, lower_is_better: bool) -> Finding:
+    pts = series.points
+    before_pt = pts[cp.before_runs[-1]] if cp.before_runs else pts[max(cp.index - 1, 0)]
+    after_pt = pts[cp.index]
+    return Finding(
+        device=series.device, case=series.case, case_hash=series.case_hash, metric=series.metric,
+        run_id=after_pt.run_id, started_at=_iso(after_pt.started_at), before=cp.before.median,
+        after=cp.after.median, before_interval=(cp.before.low, cp.before.high),
+        after_interval=(cp.after.low, cp.after.high), change_pct=cp.change_pct, direction=cp.direction,
+        statistic=cp.statistic, statistic_name=cp.statistic_name, p_value=cp.p_value,
+        runs_before=[pts[i].run_id for i in cp.before_runs], runs_after=[pts[i].run_id for i in cp.after_runs],
+        differs=what_differs(before_pt, after_pt), cause=getattr(cp, "cause", None))
+
+
+def short_history_change(before: Sequence[float], after: Sequence[float], *, lower_is_better: bool = True,
+                         alpha: float = SHORT_HISTORY_ALPHA,
+                         min_effect: float = SHORT_HISTORY_MIN_EFFECT) -> tuple[str, float, float, float] | None:
+    """Newest run against the one before it, on raw samples: (direction, change_pct, U, p) or None."""
+    from scipy.stats import mannwhitneyu
+
+    a, b = np.asarray(before, float), np.asarray(after, float)
+    if a.size < 3 or b.size < 3:
+        return None
+    change = float(np.median(b) / np.median(a) - 1.0)
+    if abs(change) < min_effect:
+        return None
+    u, p = mannwhitneyu(a, b, alternative="two-sided")
+    if p >= alpha:
+        return None
+    worse = change > 0 if lower_is_better else change < 0
+    return ("regression" if worse else "improvement"), change * 100.0, float(u), float(p)
+
+
+def history(store: Store, *, devices: Sequence[str] | None = None, metrics: Iterable[str] = ("latency_ms",),
+            min_effect: float = 0.05, alpha: float = 0.001) -> list[Finding]:
+    """Every change point in the stored history of every series."""
+    findings: list[Finding] = []
+    for metric in metrics:
+        _, lower = METRICS[metric]
+        for series in load_series(store, devices=devices, metric=metric):
+            for cp in detect.detect_change_points(series.runs(), lower_is_better=lower, min_effect=min_effect,
+                                                  alpha=alpha):
+                findings.append(_finding(series, cp, lower))
+    return findings
+
+
+def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Iterable[str] = ("latency_ms",),
+           min_effect: float = 0.05, alpha: float = 0.001) -> list[Finding]:
+    """Is the newest run of each device a regression (or improvement) against its stable history?"""
+    findings: list[Finding] = []
+    for metric in metrics:
+        _, lower = METRICS[metric]
+        all_series = load_series(store, devices=devices, metric=metric)
+        newest = _newest_run_per_device(all_series)
+        for series in all_series:
+            pts = series.points
+            if not pts or pts[-1].run_id != newest.get(series.device):
+                continue  # this case did not run in the device's newest run
+            verdict = detect.latest_regression(series.runs(), lower_is_better=lower, min_effect=min_effect,
+                                               alpha=alpha)
+            if verdict.status in ("regression", "improvement") and verdict.before is not None:
+                findings.append(Finding(
+                    device=series.device, case=series.case, case_hash=series.case_hash, metric=metric,
+                    run_id=pts[-1].run_id, started_at=_iso(pts[-1].started_at), before=verdict.before.median,
+                    after=verdict.after.median, before_interval=(verdict.before.low, verdict.before.high),
+                    after_interval=(verdict.after.low, verdict.after.high), change_pct=verdict.change_pct,
+                    direction=verdict.status, statistic=verdict.statistic, statistic_name=verdict.statistic_name,
+                    p_value=verdict.p_value, runs_before=[pts[i].run_id for i in verdict.history_runs],
+                    runs_after=[pts[-1].run_id], differs=what_differs(pts[-2], pts[-1]), cause=verdict.cause))
+            elif verdict.status == "insufficient_history" and len(pts) >= 2:
+                prev, new = pts[-2], pts[-1]
+                if prev.env_key != new.env_key:
+                    continue  # not comparable; compare shows why
+                found = short_history_change(prev.samples, new.samples, lower_is_better=lower)
+                if found:
+                    direction, change_pct, u, p = found
+                    findings.append(Finding(
+                        device=series.device, case=series.case, case_hash=series.case_hash, metric=metric,
+                        run_id=new.run_id, started_at=_iso(new.started_at), before=float(np.median(prev.samples)),
+                        after=float(np.median(new.samples)),
+                        before_interval=_interval(prev.samples), after_interval=_interval(new.samples),
+                        change_pct=change_pct, direction=direction, statistic=u,
+                        statistic_name="mann-whitney U (newest vs previous run; short history)", p_value=p,
+                        runs_before=[prev.run_id], runs_after=[new.run_id], differs=what_differs(prev, new)))
+    return findings
+
+
+def _interval(samples: Sequence[float]) -> tuple[float, float]:
+    level = detect.median_interval(samples)
+    return level.low, level.high
+
+
+def _newest_run_per_device(all_series: list[Series]) -> dict[str, str]:
+    newest: dict[str, tuple[datetime, str]] = {}
+    for series in all_series:
+        last = series.points[-1]
+        if series.device not in newest or last.started_at > newest[series.device][0]:
+            newest[series.device] = (last.started_at, last.run_id)
+    return {d: run for d, (_, run) in newest.items()}
