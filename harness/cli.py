@@ -342,6 +342,28 @@ def _regress(store: Any, devices: list[str] | None, history: bool, min_effect: f
     return rg.latest(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha)
 
 
+def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, inventory: str | None) -> list[Any]:
+    """Keep improvements, and the regressions that reproduce (or that could not be re-measured, said so)."""
+    from devices.inventory import load_inventory
+    from harness.confirm import confirm
+
+    suspects = [f for f in findings if f.direction == "regression"]
+    revisions = {}
+    for f in suspects:
+        for run_id in (f.run_id, *f.runs_before[-1:]):
+            revisions[run_id] = store.get_run(run_id).git_revision
+    kept = [f for f in findings if f.direction != "regression"]
+    for c in confirm(suspects, load_inventory(inventory), revisions, rounds=rounds, min_effect=min_effect):
+        err_console.print(("confirmed: " if c.confirmed else "not confirmed: " if c.confirmed is False
+                           else "unconfirmed: ") + f"{c.finding.device} {c.finding.case_hash}: {c.reason}",
+                          markup=False)
+        if c.confirmed is not False:
+            c.finding.cause = (c.finding.cause + "; " if c.finding.cause else "") + (
+                f"confirmed by re-measurement: {c.reason}" if c.confirmed else f"not re-measured: {c.reason}")
+            kept.append(c.finding)
+    return kept
+
+
 metric_option = click.option("--metric", "metrics", multiple=True, default=("latency_ms",), show_default=True,
                              type=click.Choice(["latency_ms", "energy_mj_per_inf", "cos_sim"]))
 
@@ -352,16 +374,23 @@ metric_option = click.option("--metric", "metrics", multiple=True, default=("lat
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--min-effect", default=0.05, show_default=True, help="Smallest relative change reported.")
 @click.option("--alpha", default=0.001, show_default=True, help="Significance level.")
+@click.option("--confirm", "confirm_rounds", type=int, default=0, metavar="ROUNDS",
+              help="Re-measure each suspected regression ROUNDS times, old and new code alternated, and report "
+                   "only those that reproduce.")
 @metric_option
 @db_option
-def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha: float, metrics: tuple[str, ...],
-            db: str | None) -> None:
+@inventory_option
+def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha: float, confirm_rounds: int,
+            metrics: tuple[str, ...], db: str | None, inventory: str | None) -> None:
     """The newest run per device against its history (exit 1 on regressions), or --history."""
     from harness.report import findings_json, findings_markdown, findings_text
     from results.store import open_store
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()] or None
-    findings = _regress(open_store(db), devices, history, min_effect, alpha, list(metrics))
+    store = open_store(db)
+    findings = _regress(store, devices, history, min_effect, alpha, list(metrics))
+    if confirm_rounds and not history:
+        findings = _confirmed(store, findings, confirm_rounds, min_effect, inventory)
     mode = "history" if history else "latest"
     if fmt == "json":
         print(findings_json(findings))
@@ -409,6 +438,19 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
     console.print(f"report written to {escape(path)}")
     regressed = any(f.direction == "regression" for f in findings)
     sys.exit(1 if regressed or outcome.exit_code else 0)
+
+
+@cli.command()
+@click.option("--port", default=8501, show_default=True, help="Port on 127.0.0.1.")
+@db_option
+def dashboard(port: int, db: str | None) -> None:
+    """Start the Streamlit dashboard on 127.0.0.1 against the results database (read-only)."""
+    import os
+
+    from dashboard.launch import launch
+    from results.store import DEFAULT_DB
+
+    sys.exit(launch(db or os.environ.get("HARNESS_DB") or DEFAULT_DB, port))
 
 
 # -- db --------------------------------------------------------------------------------------------------

@@ -48,15 +48,17 @@ class Transport(Protocol):
 class LocalAgent:
     """The agent as a subprocess of the controller, in its own session so Ctrl-C reaches only us."""
 
-    def __init__(self, device: DeviceConfig, plan: Mapping[str, Any]) -> None:
+    def __init__(self, device: DeviceConfig, plan: Mapping[str, Any], code_root: Path = REPO_ROOT) -> None:
         workdir = Path(os.path.expanduser(device.workdir))
         workdir.mkdir(parents=True, exist_ok=True)
         self.journal = workdir / "journal" / f"{plan['run_id']}-{device.name}.jsonl"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
+        # cwd is the code root too: `python -m` puts the working directory first on sys.path.
         self.proc = subprocess.Popen(
             [device.python or "python3", "-m", "harness.agent", "--plan", "-", "--journal", str(self.journal)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+            cwd=str(code_root))
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(plan))
         self.proc.stdin.close()

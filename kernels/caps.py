@@ -44,8 +44,12 @@ def local_caps() -> dict[str, Any]:
             ops["_int_mm"] = bool(torch._int_mm(a, a.t().contiguous())[0, 0].item() == 32)
         except Exception:  # noqa: BLE001 - any failure means "not usable here"
             ops["_int_mm"] = False
-        ops["quantized_engine"] = torch.backends.quantized.engine not in ("none", None)
-    return {"isa": cpu_flags(), "modules": modules, "torch_ops": ops, "machine": platform.machine()}
+    return {"isa": cpu_flags(), "modules": modules, "torch_ops": ops, "arch": platform.machine()}
+
+
+def is_x86(caps: Any) -> bool:
+    """True for an x86-64 device (the probe's `arch`; this process's machine when the caps do not say)."""
+    return (caps.get("arch") or platform.machine()) in ("x86_64", "AMD64", "i686")
 
 
 def has_int8_dot(caps: Any) -> bool:

@@ -22,6 +22,7 @@ class AttnInputs:
     v: torch.Tensor
     x: torch.Tensor | None = None  # [B, L, model_dim] for scope: block
     w: dict[str, torch.Tensor] | None = None  # wq, wk, wv: [model_dim, H*D]; wo: [H*D, model_dim]
+    layers: torch.Tensor | None = None  # [depth, B, H, L, D]: earlier layers' outputs (variant attnres)
 
     def nbytes(self) -> int:
         tensors = [self.q, self.k, self.v] + ([self.x] if self.x is not None else [])
@@ -46,11 +47,17 @@ def make_inputs(case: Mapping[str, Any], seed: int = 0) -> AttnInputs:
             k = k + offset
             channels = torch.randperm(d, generator=gen)[: max(1, d // 16)]
             k[..., channels] *= 8.0
+    layers = None
+    if case.get("variant") == "attnres":
+        # Earlier layers' outputs: a shared residual stream plus per-layer updates, as in a real network.
+        stream = torch.randn(b, h, n, d, generator=gen)
+        layers = torch.stack([stream + 0.5 * torch.randn(b, h, n, d, generator=gen)
+                              for _ in range(case.get("depth", 8))])
     if case.get("scope", "core") == "block":
         m = case["model_dim"]
         x = torch.randn(b, n, m, generator=gen)
         scale = 1.0 / m ** 0.5
         w = {name: torch.randn(m, h * d, generator=gen) * scale for name in ("wq", "wk", "wv")}
         w["wo"] = torch.randn(h * d, m, generator=gen) * (1.0 / (h * d) ** 0.5)
-        return AttnInputs(q=q, k=k, v=v, x=x, w=w)
-    return AttnInputs(q=q, k=k, v=v)
+        return AttnInputs(q=q, k=k, v=v, x=x, w=w, layers=layers)
+    return AttnInputs(q=q, k=k, v=v, layers=layers)

@@ -95,6 +95,8 @@ _REGISTRY: dict[KernelKey, Kernel] = {}
 # Modules that register kernels; imported lazily so a device without onnxruntime can still run torch.
 KERNEL_MODULES = (
     "kernels.dense_torch",
+    "kernels.variants_torch",
+    "kernels.ort",
 )
 
 

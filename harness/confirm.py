@@ -1,0 +1,127 @@
+"""`harness regress --confirm`: re-measure a suspected regression before reporting it.
+
+TorchBench learned to alert only after confirming: a suspected regression is re-measured on its device with
+the harness code of the run before the change (the old bundle) and of the run after it (the new bundle),
+alternated A B A B so that drift in the device (heat, background load) hits both alike. The code of each side
+is taken from git at the revision the run recorded. The verdict is the same test the short-history check
+uses (Mann-Whitney on raw samples, and a minimum effect) on the pooled samples of each side.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from devices.inventory import DeviceConfig, Inventory
+from harness.controller import REPO_ROOT, AgentSession, LocalAgent
+from results.regress import Finding, short_history_change
+from workloads.errors import HarnessError
+from workloads.matrix import MeasureConfig
+from workloads.spec import case_hash
+
+# The device-side packages a bundle needs.
+BUNDLE_PATHS = ("harness", "devices", "workloads", "kernels")
+CONFIRM_MEASURE = MeasureConfig(warmup_s=0.2, min_time_s=0.5, min_samples=10, max_time_s=20, timeout_s=120)
+
+
+@dataclass
+class Confirmation:
+    finding: Finding
+    confirmed: bool | None  # None: could not be re-measured (the reason says why)
+    reason: str
+    old_samples: list[float] = field(default_factory=list)
+    new_samples: list[float] = field(default_factory=list)
+    change_pct: float | None = None
+    p_value: float | None = None
+
+
+def checkout(revision: str, dest: Path, repo: Path = REPO_ROOT) -> Path:
+    """The device-side code at `revision` (a '-dirty' suffix is dropped: the committed code is used)."""
+    rev = revision.removesuffix("-dirty")
+    proc = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev, *BUNDLE_PATHS],
+                          capture_output=True, timeout=120)
+    if proc.returncode != 0:
+        raise HarnessError(f"cannot take the code of revision {rev} from {repo}: "
+                           f"{proc.stderr.decode(errors='replace').strip()}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def _measure_once(device: DeviceConfig, code_root: Path, case: dict[str, Any], measure: MeasureConfig,
+                  start: Callable[[DeviceConfig, dict[str, Any], Path], AgentSession]) -> list[float]:
+    plan = {"run_id": f"confirm-{code_root.name}", "device": device.name, "seed": 0,
+            "cases": [{"hash": case_hash(case), "case": case}], "measure": measure.to_dict(),
+            "workdir": str(code_root / ".work"), "power": None}
+    session = start(device, plan, code_root)
+    samples: list[float] = []
+    try:
+        for record in session.lines(measure.timeout_s + 60):
+            if record.get("type") == "result":
+                if record.get("status") != "ok":
+                    raise HarnessError(f"re-measurement failed: {record.get('error')}")
+                samples = record.get("samples_ms") or []
+    finally:
+        session.stop()
+    return samples
+
+
+def _local_start(device: DeviceConfig, plan: dict[str, Any], code_root: Path) -> AgentSession:
+    return LocalAgent(device, plan, code_root=code_root)
+
+
+def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[str, str | None], *,
+            rounds: int = 3, measure: MeasureConfig = CONFIRM_MEASURE, min_effect: float = 0.05,
+            repo: Path = REPO_ROOT) -> list[Confirmation]:
+    """Re-measure each regression finding, old and new code alternated; `revisions` maps run id -> git rev."""
+    out: list[Confirmation] = []
+    with tempfile.TemporaryDirectory(prefix="harness-confirm-") as tmp:
+        for finding in findings:
+            if finding.direction != "regression":
+                continue
+            old_rev = revisions.get(finding.runs_before[-1]) if finding.runs_before else None
+            new_rev = revisions.get(finding.run_id)
+            if not old_rev or not new_rev:
+                out.append(Confirmation(finding, None, "a run recorded no git revision: the code it ran cannot "
+                                                       "be rebuilt; re-run both sides by hand"))
+                continue
+            device = inventory.devices.get(finding.device)
+            if device is None or not device.is_local:
+                out.append(Confirmation(finding, None, f"confirmation runs on the local device only for now; "
+                                                       f"{finding.device} is remote"))
+                continue
+            try:
+                old_root = checkout(old_rev, Path(tmp) / f"old-{old_rev[:12]}", repo)
+                new_root = checkout(new_rev, Path(tmp) / f"new-{new_rev[:12]}", repo)
+                old: list[float] = []
+                new: list[float] = []
+                for _ in range(rounds):
+                    old += _measure_once(device, old_root, dict(finding.case), measure, _local_start)
+                    new += _measure_once(device, new_root, dict(finding.case), measure, _local_start)
+            except HarnessError as exc:
+                out.append(Confirmation(finding, None, str(exc)))
+                continue
+            found = short_history_change(old, new, min_effect=min_effect)
+            change = float(np.median(new) / np.median(old) - 1) * 100
+            if found and found[0] == "regression":
+                out.append(Confirmation(finding, True, f"old {old_rev[:12]} vs new {new_rev[:12]}, {rounds} rounds "
+                                                       f"alternated: {change:+.1f}%, p = {found[3]:.2g}",
+                                        old, new, change, found[3]))
+            else:
+                out.append(Confirmation(finding, False, f"not reproduced: old {old_rev[:12]} vs new {new_rev[:12]}, "
+                                                        f"{rounds} rounds alternated: {change:+.1f}%", old, new, change))
+    return out
+
+
+def confirmation_json(confirmations: list[Confirmation]) -> str:
+    return json.dumps([{**c.finding.to_dict(), "confirmed": c.confirmed, "confirmation": c.reason}
+                       for c in confirmations], indent=1, default=str)
