@@ -167,7 +167,7 @@ def fingerprint(workdir: str | None = None, root: str = "/") -> dict[str, Any]:
 def capabilities(fp: dict[str, Any]) -> dict[str, Any]:
     """The part of a fingerprint kernels check their requirements against."""
     return {"modules": fp.get("modules", {}), "isa": fp.get("isa", []), "torch_ops": fp.get("torch_ops", {}),
-            "cuda_device": fp.get("cuda_device")}
+            "cuda_device": fp.get("cuda_device"), "arch": fp.get("arch")}
 
 
 def stable(fp: dict[str, Any]) -> dict[str, Any]:
