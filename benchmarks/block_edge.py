@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     caps = local_caps()
-    print(f"machine: {caps['machine']} isa={','.join(caps['isa'])} threads={args.threads}")
+    print(f"machine: {caps['arch']} isa={','.join(caps['isa'])} threads={args.threads}")
     variants = {"torch fp32": dict(precision="fp32"), "onnxruntime fp32": dict(precision="fp32", backend="onnxruntime"),
                 "torch int8": dict(precision="int8"), "onnxruntime int8": dict(precision="int8", backend="onnxruntime"),
                 "onnxruntime int4": dict(precision="int4", backend="onnxruntime")}

@@ -25,12 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--texts", type=int, default=120, help="corpus texts for the model-level metric")
+    ap.add_argument("--only", default="", help="comma-separated variants (e.g. sliding_window,lowrank,topk): "
+                    "time only those targets and skip the memory and model-level sections")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     caps = local_caps()
-    print(f"machine: {caps['machine']} isa={','.join(caps['isa'])} threads={args.threads} "
+    print(f"machine: {caps['arch']} isa={','.join(caps['isa'])} threads={args.threads} "
           f"torch {torch.__version__} qengine={torch.backends.quantized.engine}")
 
+    only = {v.strip() for v in args.only.split(",") if v.strip()}
     rows = []
     for n, targets in ((2048, [("dense int8 torch (_int_mm)", dict(variant="dense", precision="int8"), 2.0),
                                 ("dense int8 onnxruntime (MatMulInteger)",
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                        (4096, [("sliding_window w256", dict(variant="sliding_window", window=256), 8.0),
                                ("lowrank rank256", dict(variant="lowrank", rank=256), 8.0),
                                ("topk block64 top8", dict(variant="topk", block_size=64, topk=8), 4.0)])):
+        if only:
+            targets = [t for t in targets if t[1]["variant"] in only]
+            if not targets:
+                continue
         case, inputs, sdpa = build(dict(BASE, seq_len=n))
         _, _, ortb = build(dict(BASE, seq_len=n, backend="onnxruntime"), inputs)
         built = {label: build(dict(BASE, seq_len=n, **raw), inputs) for label, raw, _ in targets}
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label:40s} {med[label]:8.1f} ms  speedup {speed:5.2f}x (target >= {target:.0f}x)  "
                   f"cos {own['cos_sim']:.6f} rel {own['rel_err']:.4f}  vs dense cos {dense['cos_sim']:.4f}")
 
+    if only:
+        return 0
     print("\nK/V bytes against fp32 (L=4096):")
     fp32_kv = 2 * 8 * 4096 * 64 * 4
     for prec, target in (("int8", 4.0), ("int4", 7.0)):

@@ -22,7 +22,7 @@ from typing import Any
 
 # ISA features that decide int8 / fp16 / bf16 fast paths (x86 and Arm names as /proc/cpuinfo spells them).
 RELEVANT_ISA = (
-    "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+    "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "avx_vnni_int8",
     "amx_int8", "amx_bf16", "amx_tile",
     "asimd", "asimddp", "asimdhp", "fphp", "i8mm", "bf16", "sve", "sve2",
 )

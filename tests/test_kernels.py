@@ -89,6 +89,32 @@ def test_sliding_window_handles_a_sequence_that_is_not_a_multiple_of_the_block()
     assert accuracy(out, reference_output(case, inputs))["cos_sim"] > 0.99999
 
 
+@pytest.mark.parametrize("n,window,block", [(256, 64, 32), (4096 // 8, 256, 32), (300, 64, 64), (257, 40, 16),
+                                             (96, 256, 32), (128, 8, 32), (200, 0, 32), (1000, 100, 48)])
+def test_banded_attention_is_exact_for_any_length_window_and_block(n: int, window: int, block: int) -> None:
+    from kernels.reference import dense_attention_f64
+    from kernels.variants_torch import banded_attention
+
+    gen = torch.Generator().manual_seed(n + window)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=gen) for _ in range(3))
+    ref = dense_attention_f64(q, k, v, patterns.band_mask(n, window))
+    acc = accuracy(banded_attention(q, k, v, window, block), ref)
+    assert acc["cos_sim"] >= 0.99999 and acc["rel_err"] <= 1e-4, acc
+
+
+def test_topk_reuses_its_gather_buffers_without_leaking_earlier_calls() -> None:
+    key = KernelKey("topk", "fp32", "torch")
+    case = small_case(key)
+    a, b = make_inputs(case, seed=11), make_inputs(case, seed=12)
+    ctx = Context(caps=local_caps())
+    built_a = lookup(case).build(case, a, ctx)
+    built_b = lookup(case).build(case, b, ctx)
+    first = built_a.fn().clone()
+    built_b.fn()
+    assert torch.equal(built_a.fn(), first)
+    assert accuracy(first.float(), reference_output(case, a))["cos_sim"] > 0.99999
+
+
 def test_topk_choice_keeps_the_diagonal_and_the_highest_pooled_score() -> None:
     q = torch.zeros(1, 1, 128, 4)
     k = torch.zeros(1, 1, 128, 4)
