@@ -1,0 +1,508 @@
+"""Pure table shapers and figure builders for the dashboard: frames in, frames or Vega-Lite specs out.
+
+No Streamlit, no database. Every page's logic that is not a query lives here, so it is unit-tested
+(`tests/test_dashboard_charts.py`) instead of being re-implemented in tests of the page scripts.
+
+Charts are Vega-Lite specs as plain dicts (drawn with `st.vega_lite_chart`), not Altair objects: Altair
+validates every encoding against the JSON schema when a chart is built and again when Streamlit
+serialises it, which cost about 0.2 s per chart on the target machine; a dict costs nothing and is as
+easy to assert on.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from results.compare import (FASTER, FIXED, NEWLY_FAILING, NOISE, SLOWER, Comparison, FieldDiff, comparison_rows,
+                             geometric_mean)
+
+# Case keys that make up a scaling "series" besides device (everything but the x axis, seq_len).
+SERIES_KEYS = ("variant", "precision", "backend", "scope", "batch", "heads", "head_dim", "quant", "window",
+               "block_size", "density", "topk", "rank", "depth", "group_size", "inputs", "threads")
+NOT_OK = ("failed", "skipped", "timeout")
+SHOW_OPTIONS = ("all", "regressed", "improved", "changed")
+ACCURACY_METRICS = {"rel_err": "relative L1 error", "one_minus_cos": "1 - cosine similarity",
+                    "max_abs_err": "max abs error"}
+# Log axes cannot show 0: an exact result's error is drawn at this floor (and says so in its tooltip).
+ERROR_FLOOR = 1e-12
+
+
+def _present(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, (pd.Timestamp, datetime)):
+        t = pd.Timestamp(v)
+        # The database holds naive UTC; say so, or the browser reads it as local time.
+        return t.isoformat() + "Z" if t.tzinfo is None else t.isoformat()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def records(df: pd.DataFrame, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows as JSON-safe dicts for a Vega-Lite dataset (NaN -> null, timestamps -> ISO text)."""
+    cols = list(columns) if columns is not None else list(df.columns)
+    return [{c: _json_value(v) for c, v in zip(cols, row)} for row in zip(*(df[c] for c in cols))]
+
+
+def _q(field: str, title: str | None = None, **extra: Any) -> dict[str, Any]:
+    enc: dict[str, Any] = {"field": field, "type": "quantitative", **extra}
+    if title is not None:
+        enc["title"] = title
+    return enc
+
+
+def _n(field: str, title: str | None = None, **extra: Any) -> dict[str, Any]:
+    enc: dict[str, Any] = {"field": field, "type": "nominal", **extra}
+    if title is not None:
+        enc["title"] = title
+    return enc
+
+
+def _spec(datasets: dict[str, list[dict[str, Any]]], layers: list[dict[str, Any]], height: Any) -> dict[str, Any]:
+    return {"datasets": datasets, "layer": layers, "height": height}
+
+
+# -- labels -----------------------------------------------------------------------------------------------
+def run_label(row: Mapping[str, Any]) -> str:
+    """'abc123 · 2026-01-02 03:04 · quick · rpi4, jetson' for a run selector."""
+    started = row.get("started_at")
+    when = pd.Timestamp(started).strftime("%Y-%m-%d %H:%M") if _present(started) else "?"
+    parts = [str(row["run_id"]), when, str(row.get("matrix") or "")]
+    if row.get("tag"):
+        parts.append(f"tag {row['tag']}")
+    if row.get("devices"):
+        parts.append(str(row["devices"]))
+    return " · ".join(p for p in parts if p)
+
+
+def run_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """Selector labels by run id."""
+    return {r["run_id"]: run_label(r) for r in runs.to_dict(orient="records")}
+
+
+def default_pair(runs: pd.DataFrame) -> tuple[str | None, str | None]:
+    """Default (A, B) for a compare: the previous and the newest run (runs come newest first)."""
+    ids = list(runs["run_id"])
+    if not ids:
+        return None, None
+    return (ids[1] if len(ids) > 1 else ids[0]), ids[0]
+
+
+def series_label(row: Mapping[str, Any]) -> str:
+    """The scaling-series name of a case: its keys except seq_len, defaults left out."""
+    parts = [str(row.get("variant")), str(row.get("precision"))]
+    if row.get("backend") not in (None, "torch") and _present(row.get("backend")):
+        parts.append(str(row["backend"]))
+    if row.get("scope") not in (None, "core") and _present(row.get("scope")):
+        parts.append(str(row["scope"]))
+    for key, short in (("batch", "b"), ("heads", "h"), ("head_dim", "d")):
+        if _present(row.get(key)):
+            parts.append(f"{short}={int(row[key])}")
+    for key in ("quant", "window", "block_size", "density", "topk", "rank", "depth", "group_size", "threads"):
+        if _present(row.get(key)):
+            v = row[key]
+            parts.append(f"{key}={int(v) if isinstance(v, float) and v.is_integer() else v}")
+    if row.get("inputs") not in (None, "normal") and _present(row.get("inputs")):
+        parts.append(f"inputs={row['inputs']}")
+    return " ".join(parts)
+
+
+def flatten(obj: Any, prefix: str = "") -> pd.DataFrame:
+    """A nested dict (fingerprint, details) as a two-column field/value table, dotted keys, sorted."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(o: Any, path: str) -> None:
+        if isinstance(o, Mapping):
+            if not o and path:
+                rows.append((path, "{}"))
+            for k in sorted(o, key=str):
+                walk(o[k], f"{path}.{k}" if path else str(k))
+        elif isinstance(o, list) and o and any(isinstance(x, (Mapping, list)) for x in o):
+            for i, x in enumerate(o):
+                walk(x, f"{path}[{i}]")
+        else:
+            rows.append((path, ", ".join(map(str, o)) if isinstance(o, list) else ("" if o is None else str(o))))
+
+    walk(obj or {}, prefix)
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def lead_columns(df: pd.DataFrame, first: Sequence[str]) -> pd.DataFrame:
+    """The same frame with the `first` columns (those present) moved to the front, in that order."""
+    head = [c for c in first if c in df.columns]
+    return df[head + [c for c in df.columns if c not in head]]
+
+
+def drop_empty_columns(df: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """The frame without columns that hold no value in any row (knobs no case here uses), except `keep`."""
+    return df[[c for c in df.columns if c in keep or df[c].notna().any()]]
+
+
+# -- overview ---------------------------------------------------------------------------------------------
+def device_table(status: pd.DataFrame) -> pd.DataFrame:
+    """Latest run per device, ready to show."""
+    cols = ["device", "run_id", "started_at", "device_status", "ok", "failed", "skipped", "timeout",
+            "last_result_at", "hours_since_result", "stale"]
+    return status[cols].reset_index(drop=True) if not status.empty else pd.DataFrame(columns=cols)
+
+
+def noise_table(noise: pd.DataFrame) -> pd.DataFrame:
+    """Noise floor per device in percent."""
+    out = pd.DataFrame({"device": noise["device"], "cases": noise["cases"],
+                        "repeated cases": noise["repeated_cases"]})
+    out["run-to-run CV %"] = [round(100 * v, 2) if _present(v) else None for v in noise["run_to_run_cv"]]
+    out["within-run CV %"] = [round(100 * v, 2) if _present(v) else None for v in noise["within_run_cv"]]
+    return out
+
+
+# -- compare ----------------------------------------------------------------------------------------------
+COMPARE_COLUMNS = ["device", "case", "variant", "precision", "seq_len", "A median ms", "B median ms", "speedup",
+                   "CI low", "CI high", "verdict", "A status", "B status", "A n", "B n", "error", "case_hash"]
+
+
+def comparison_table(cmp: Comparison) -> pd.DataFrame:
+    """One row per compared case (speedup = A/B: above 1, B is faster)."""
+    return pd.DataFrame(comparison_rows(cmp.cases), columns=COMPARE_COLUMNS)
+
+
+def filter_comparison(df: pd.DataFrame, show: str = "all", precisions: Sequence[str] = (),
+                      variants: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows kept by the page's filters: regressed = slower or newly failing, improved = faster or fixed,
+    changed = either; empty precision/variant lists mean no filter."""
+    keep = {"regressed": (SLOWER, NEWLY_FAILING), "improved": (FASTER, FIXED),
+            "changed": (SLOWER, NEWLY_FAILING, FASTER, FIXED)}
+    out = df
+    if show in keep:
+        out = out[out["verdict"].isin(keep[show])]
+    elif show != "all":
+        raise ValueError(f"show is one of {', '.join(SHOW_OPTIONS)}; got {show!r}")
+    if precisions:
+        out = out[out["precision"].isin(list(precisions))]
+    if variants:
+        out = out[out["variant"].isin(list(variants))]
+    return out.reset_index(drop=True)
+
+
+def verdict_counts(df: pd.DataFrame) -> dict[str, int]:
+    """How many rows have each verdict."""
+    counts = df["verdict"].value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
+def env_diff_table(diffs: Iterable[FieldDiff]) -> pd.DataFrame:
+    """Differing environment fields; `blocks` is True for the stable fields that make runs incomparable."""
+    rows = [{"device": d.device or "(run)", "field": d.field, "A": _text(d.a), "B": _text(d.b), "scope": d.scope,
+             "blocks": d.scope == "stable"} for d in diffs]
+    return pd.DataFrame(rows, columns=["device", "field", "A", "B", "scope", "blocks"])
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+def speedup_chart(df: pd.DataFrame) -> dict[str, Any]:
+    """Speedup per case with its interval, on a log axis with a dashed rule at 1 (right of it: B is faster)."""
+    data = df.dropna(subset=["speedup"]).copy()
+    data["label"] = data["device"] + " · " + data["case"]
+    rows = records(data, ["label", "device", "case", "speedup", "CI low", "CI high", "verdict"])
+    scale = {"type": "log"}
+    y = _n("label", None, sort={"field": "speedup", "order": "ascending"}, axis={"title": None, "labelLimit": 420})
+    tooltip = [_n("device"), _n("case"), _q("speedup", format=".3f"), _q("CI low", format=".3f"),
+               _q("CI high", format=".3f"), _n("verdict")]
+    colors = {"domain": [FASTER, SLOWER, NOISE, "no samples"], "range": ["#2e7d32", "#c62828", "#9e9e9e", "#795548"]}
+    layers = [
+        {"data": {"name": "cases"}, "mark": {"type": "rule"},
+         "encoding": {"x": _q("CI low", "speedup A/B (log; > 1: B faster)", scale=scale), "x2": {"field": "CI high"},
+                      "y": y}},
+        {"data": {"name": "cases"}, "mark": {"type": "point", "filled": True, "size": 60},
+         "encoding": {"x": _q("speedup", scale=scale), "y": y, "color": _n("verdict", scale=colors),
+                      "tooltip": tooltip}},
+        {"data": {"name": "one"}, "mark": {"type": "rule", "strokeDash": [4, 4]}, "encoding": {"x": _q("x")}},
+    ]
+    return _spec({"cases": rows, "one": [{"x": 1.0}]}, layers, {"step": 22})
+
+
+# -- scaling ----------------------------------------------------------------------------------------------
+def scaling_points(df: pd.DataFrame, metric: str = "latency_ms_p50") -> pd.DataFrame:
+    """The points of the scaling view: one per (device, case) with series label, seq_len, value, status.
+
+    Failed, skipped and timed-out cases are kept (value NaN) so the chart can mark them."""
+    cols = ["device", "series", "seq_len", "value", "peak_mem_mb", "status", "error", "case_hash"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame({
+        "device": df["device"], "series": [series_label(r) for r in df.to_dict(orient="records")],
+        "seq_len": df["seq_len"].astype(int), "value": df[metric].astype(float),
+        "peak_mem_mb": df["peak_mem_mb"].astype(float), "status": df["status"], "error": df["error"],
+        "case_hash": df["case_hash"]})
+    return out.sort_values(["device", "series", "seq_len"]).reset_index(drop=True)
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
+    """Least-squares slope of log y on log x and its r^2; (None, None) with fewer than two distinct x."""
+    pts = [(math.log(a), math.log(b)) for a, b in zip(x, y) if _present(a) and _present(b) and a > 0 and b > 0]
+    if len({p[0] for p in pts}) < 2:
+        return None, None
+    lx = np.array([p[0] for p in pts])
+    ly = np.array([p[1] for p in pts])
+    slope, intercept = np.polyfit(lx, ly, 1)
+    resid = ly - (slope * lx + intercept)
+    total = float(np.sum((ly - ly.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid ** 2)) / total if total > 0 else 1.0
+    return float(slope), r2
+
+
+def scaling_slopes(points: pd.DataFrame, column: str = "value") -> pd.DataFrame:
+    """Fitted log-log slope per (device, series) over its ok points; failed points are counted, not fitted."""
+    groups: dict[tuple[str, str], list[tuple[int, Any, str]]] = {}
+    for device, series, n, v, status in zip(points["device"], points["series"], points["seq_len"], points[column],
+                                            points["status"]):
+        groups.setdefault((device, series), []).append((int(n), v, status))
+    rows = []
+    for (device, series), items in sorted(groups.items()):
+        ok = [(n, v) for n, v, status in items if status == "ok"]
+        slope, r2 = loglog_slope([n for n, _ in ok], [v for _, v in ok])
+        lens = [n for n, _, _ in items]
+        rows.append({"device": device, "series": series, "slope": round(slope, 3) if slope is not None else None,
+                     "r2": round(r2, 4) if r2 is not None else None, "ok points": len(ok),
+                     "not ok points": len(items) - len(ok), "seq_len range": f"{min(lens)}-{max(lens)}"})
+    return pd.DataFrame(rows, columns=["device", "series", "slope", "r2", "ok points", "not ok points",
+                                       "seq_len range"])
+
+
+def _with_slope_legend(points: pd.DataFrame, slopes: pd.DataFrame) -> pd.DataFrame:
+    """Points with a `line` legend label: the series name without the keys every series here shares
+    (they are in the table), then the fitted slope."""
+    series = sorted(set(points["series"]))
+    tokens = [s.split(" ") for s in series]
+    shared = set.intersection(*(set(t[2:]) for t in tokens)) if tokens else set()
+    short = {s: " ".join(t[:2] + [x for x in t[2:] if x not in shared]) for s, t in zip(series, tokens)}
+    names = {(r["device"], r["series"]): f"{short.get(r['series'], r['series'])} "
+                                         + (f"(slope {r['slope']:.2f})" if _present(r["slope"]) else "(no fit)")
+             for r in slopes.to_dict(orient="records")}
+    out = points.copy()
+    out["line"] = [names.get((d, s), s) for d, s in zip(out["device"], out["series"])]
+    return out
+
+
+def scaling_chart(points: pd.DataFrame, column: str = "value", title: str = "latency p50 (ms)",
+                  slopes: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Log-log lines per series, the slope in the legend; not-ok points as red crosses on the bottom edge
+    of the axis (they have no value), with their status and error in the tooltip. `slopes` (as
+    `scaling_slopes` gives them for this column) saves refitting when the page already has them."""
+    slopes = scaling_slopes(points, column) if slopes is None else slopes
+    data = _with_slope_legend(points, slopes)
+    ok = data[(data["status"] == "ok") & data[column].notna()]
+    bad = data[data["status"] != "ok"].copy()
+    floor = float(ok[column].min()) / 1.5 if not ok.empty else 1.0
+    bad[column] = floor
+    cols = ["line", "series", "seq_len", column, "status", "error"]
+    x = _q("seq_len", "sequence length (log)", scale={"type": "log", "base": 2})
+    y = _q(column, f"{title} (log)", scale={"type": "log"})
+    layers = [
+        {"data": {"name": "ok"}, "mark": {"type": "line", "point": True},
+         "encoding": {"x": x, "y": y, "color": _n("line", "series (fitted slope)", legend={"labelLimit": 420}),
+                      "tooltip": [_n("series"), _q("seq_len"), _q(column, format=".4g"), _n("status")]}},
+        {"data": {"name": "not_ok"},
+         "mark": {"type": "point", "shape": "cross", "size": 140, "color": "#c62828", "filled": True},
+         "encoding": {"x": x, "y": y, "tooltip": [_n("series"), _q("seq_len"), _n("status"), _n("error")]}},
+    ]
+    return _spec({"ok": records(ok, cols), "not_ok": records(bad, cols)}, layers, 320)
+
+
+# -- trade-offs -------------------------------------------------------------------------------------------
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[bool]:
+    """Which points no other point beats on both axes, both minimised (NaN points are never on it)."""
+    idx = [i for i in range(len(x)) if _present(x[i]) and _present(y[i])]
+    order = sorted(idx, key=lambda i: (x[i], y[i]))
+    front = [False] * len(x)
+    best = math.inf
+    for i in order:
+        if y[i] < best:
+            front[i] = True
+            best = y[i]
+    return front
+
+
+def workload_shape(row: Mapping[str, Any]) -> str:
+    """'L=1024 b=1 h=8 d=64': the work a case does, whatever kernel and precision do it."""
+    parts = [f"L={int(row['seq_len'])}"]
+    for key, short in (("batch", "b"), ("heads", "h"), ("head_dim", "d")):
+        if _present(row.get(key)):
+            parts.append(f"{short}={int(row[key])}")
+    return " ".join(parts)
+
+
+def tradeoff_points(df: pd.DataFrame, accuracy: str = "rel_err", latency: str = "latency_ms_p50") -> pd.DataFrame:
+    """Ok measurements with latency, an error measure (lower is better) and energy, plus Pareto-front
+    flags: `front_accuracy` (latency vs error) and `front_energy` (latency vs energy), each computed per
+    device and workload shape, since only kernels doing the same work compete."""
+    if accuracy not in ACCURACY_METRICS:
+        raise ValueError(f"accuracy is one of {', '.join(ACCURACY_METRICS)}; got {accuracy!r}")
+    cols = ["device", "shape", "case", "precision", "variant", "seq_len", "latency_ms", "error", "energy_mj",
+            "front_accuracy", "front_energy", "case_hash"]
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    if accuracy == "one_minus_cos":
+        err = (1.0 - ok["cos_sim"].astype(float))
+    else:
+        err = ok[accuracy].astype(float)
+    out = pd.DataFrame({"device": ok["device"].values,
+                        "shape": [workload_shape(r) for r in ok.to_dict(orient="records")],
+                        "case": ok["case"].values, "precision": ok["precision"].values,
+                        "variant": ok["variant"].values, "seq_len": ok["seq_len"].values,
+                        "latency_ms": ok[latency].astype(float).values,
+                        "error": err.clip(lower=ERROR_FLOOR).values,
+                        "energy_mj": ok["energy_mj_per_inf"].astype(float).values, "case_hash": ok["case_hash"].values})
+    out["front_accuracy"] = False
+    out["front_energy"] = False
+    for _, g in out.groupby(["device", "shape"]):
+        out.loc[g.index, "front_accuracy"] = pareto_front(list(g["latency_ms"]), list(g["error"]))
+        out.loc[g.index, "front_energy"] = pareto_front(list(g["latency_ms"]), list(g["energy_mj"]))
+    return out[cols]
+
+
+def tradeoff_chart(points: pd.DataFrame, y: str = "error", front: str = "front_accuracy",
+                   y_title: str = "relative L1 error (log)") -> dict[str, Any]:
+    """Scatter colored by device, shaped by precision, log axes, with the Pareto front of each device and
+    workload shape as a dashed step line through its front points."""
+    data = points.dropna(subset=["latency_ms", y])
+    cols = ["device", "shape", "case", "precision", "latency_ms", y, front]
+    x = _q("latency_ms", "latency (ms, log)", scale={"type": "log"})
+    yy = _q(y, y_title, scale={"type": "log"})
+    layers = [
+        {"data": {"name": "front"}, "mark": {"type": "line", "interpolate": "step-after", "strokeDash": [6, 3]},
+         "encoding": {"x": x, "y": yy, "color": _n("device"), "detail": _n("shape"), "order": _q("latency_ms")}},
+        {"data": {"name": "points"}, "mark": {"type": "point", "size": 80, "filled": True, "opacity": 0.8},
+         "encoding": {"x": x, "y": yy, "color": _n("device"), "shape": _n("precision"),
+                      "tooltip": [_n("device"), _n("case"), _n("shape"), _q("latency_ms", format=".4g"),
+                                  _q(y, format=".3g"), _n(front)]}},
+    ]
+    return _spec({"front": records(data[data[front].astype(bool)], cols), "points": records(data, cols)}, layers,
+                 360)
+
+
+# -- trends -----------------------------------------------------------------------------------------------
+def trend_chart(series: pd.DataFrame, changes: pd.DataFrame, title: str) -> dict[str, Any]:
+    """The metric per run over time (not-ok runs as red crosses at the bottom), change points as rules."""
+    data = series.copy()
+    ok = data[(data["status"] == "ok") & data["value"].notna()]
+    bad = data[(data["status"] != "ok") | data["value"].isna()].copy()
+    bad["value"] = float(ok["value"].min()) if not ok.empty else 0.0
+    cols = ["run_id", "started_at", "value", "status", "error", "git_revision"]
+    x = {"field": "started_at", "type": "temporal", "title": "run started (UTC)", "scale": {"type": "utc"},
+         "axis": {"format": "%Y-%m-%d %H:%M", "labelAngle": -30, "labelOverlap": True}}
+    y = _q("value", title, scale={"zero": False})
+    layers: list[dict[str, Any]] = [
+        {"data": {"name": "ok"}, "mark": {"type": "line", "point": True},
+         "encoding": {"x": x, "y": y, "tooltip": [_n("run_id"), {"field": "started_at", "type": "temporal"},
+                                                  _q("value", format=".4g"), _n("git_revision")]}}]
+    datasets = {"ok": records(ok, cols)}
+    if not bad.empty:
+        datasets["not_ok"] = records(bad, cols)
+        layers.append({"data": {"name": "not_ok"}, "mark": {"type": "point", "shape": "cross", "color": "#c62828",
+                                                            "size": 120},
+                       "encoding": {"x": x, "y": y, "tooltip": [_n("run_id"), _n("status"), _n("error")]}})
+    if not changes.empty:
+        datasets["changes"] = records(changes, ["run_id", "started_at", "change %", "direction", "what changed"])
+        layers.append({"data": {"name": "changes"}, "mark": {"type": "rule", "color": "#ef6c00", "strokeWidth": 2},
+                       "encoding": {"x": {"field": "started_at", "type": "temporal", "scale": {"type": "utc"}},
+                                    "tooltip": [_n("run_id"), _q("change %", format="+.1f"), _n("direction"),
+                                                _n("what changed")]}})
+    return _spec(datasets, layers, 320)
+
+
+CHANGE_COLUMNS = ["run_id", "started_at", "direction", "change %", "before", "after", "p_value", "statistic",
+                  "cause", "what changed"]
+
+
+def change_table(changes: Sequence[Any], what_changed: Sequence[str]) -> pd.DataFrame:
+    """Detected change points (`results.detect.ChangePoint`) as rows, with what changed at each."""
+    rows = []
+    for cp, what in zip(changes, what_changed):
+        rows.append({"run_id": cp.run_id, "started_at": cp.started_at, "direction": cp.direction,
+                     "change %": round(cp.change_pct, 2),
+                     "before": f"{cp.before.median:.4g} [{cp.before.low:.4g}, {cp.before.high:.4g}]",
+                     "after": f"{cp.after.median:.4g} [{cp.after.low:.4g}, {cp.after.high:.4g}]",
+                     "p_value": cp.p_value, "statistic": f"{cp.statistic_name}={cp.statistic:.2f}",
+                     "cause": cp.cause or "", "what changed": what})
+    return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+
+
+def what_changed(before: Mapping[str, Any], after: Mapping[str, Any], diffs: Iterable[FieldDiff]) -> str:
+    """'git 1a2b3c -> 4d5e6f; torch 2.4 -> 2.5' between the last run before a change and the first after."""
+    parts = []
+    for name, short in (("git_revision", "git"), ("harness_version", "harness")):
+        a, b = before.get(name), after.get(name)
+        if a != b:
+            parts.append(f"{short} {_short(a)} -> {_short(b)}")
+    for d in diffs:
+        if d.scope in ("stable", "info"):
+            parts.append(f"{d.field} {_text(d.a)} -> {_text(d.b)}")
+    return "; ".join(parts) if parts else "nothing recorded changed"
+
+
+def _short(v: Any) -> str:
+    if v is None:
+        return "—"
+    s = str(v)
+    return s[:10] + ("-dirty" if s.endswith("-dirty") and len(s) > 10 else "")
+
+
+# -- run detail -------------------------------------------------------------------------------------------
+def sample_summary(samples: Sequence[float]) -> dict[str, float]:
+    """n, median, p90, min, max and CV of raw samples, for the run-detail table."""
+    a = np.asarray(samples, dtype=float)
+    mean = float(a.mean())
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return {"n": int(a.size), "median ms": float(np.median(a)), "p90 ms": float(np.percentile(a, 90)),
+            "min ms": float(a.min()), "max ms": float(a.max()), "CV %": 100 * std / mean if mean > 0 else math.nan}
+
+
+def histogram_chart(samples: Sequence[float], bins: int = 40) -> dict[str, Any]:
+    """Histogram of raw samples with the median as a rule."""
+    layers = [
+        {"data": {"name": "samples"}, "mark": {"type": "bar"},
+         "encoding": {"x": _q("ms", "sample (ms per call)", bin={"maxbins": bins}),
+                      "y": {"aggregate": "count", "type": "quantitative", "title": "samples"}}},
+        {"data": {"name": "median"}, "mark": {"type": "rule", "color": "#ef6c00", "strokeWidth": 2},
+         "encoding": {"x": _q("median"), "tooltip": [_q("median", format=".4g")]}},
+    ]
+    return _spec({"samples": [{"ms": float(v)} for v in samples], "median": [{"median": float(np.median(samples))}]},
+                 layers, 260)
+
+
+def telemetry_table(row: Mapping[str, Any], details: Mapping[str, Any]) -> pd.DataFrame:
+    """Power and thermal summary of one measurement: stored columns first, then details.power/thermal."""
+    rows = []
+    for key, title in (("power_w_avg", "power W (avg)"), ("energy_mj_per_inf", "energy mJ per inference"),
+                       ("power_source", "power source"), ("is_estimate", "power is an estimate"),
+                       ("throttled", "throttled"), ("peak_mem_mb", "peak memory MB")):
+        v = row.get(key)
+        rows.append({"field": title, "value": "not measured" if not _present(v) else str(v)})
+    table = pd.DataFrame(rows)
+    extra = []
+    for section in ("power", "thermal"):
+        if details.get(section):
+            extra.append(flatten(details[section], section))
+    return pd.concat([table, *extra], ignore_index=True) if extra else table
+
+
+def geometric_mean_of(df: pd.DataFrame) -> float | None:
+    """Geometric mean of the speedups of the rows shown."""
+    return geometric_mean(float(v) for v in df["speedup"].dropna())

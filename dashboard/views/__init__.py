@@ -1,0 +1,1 @@
+"""The dashboard's pages; each runs on its own (`AppTest.from_file`) and under the router in `app.py`."""

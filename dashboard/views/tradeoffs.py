@@ -1,0 +1,55 @@
+"""Trade-offs: accuracy against latency with the Pareto front, colored by device, shaped by precision;
+energy per inference against latency."""
+
+import streamlit as st
+
+from dashboard import charts, data, urlstate
+from results.queries import METRICS
+
+url = data.page("Trade-offs", "Lower left is better on both charts. Dashed step lines are Pareto fronts, one per "
+                              "device and workload shape (sequence length, batch, heads, head_dim): no other "
+                              "case doing the same work on that device is both faster and more accurate.")
+runs = data.runs(url)
+if runs.empty:
+    st.info("No runs stored yet.")
+    st.stop()
+labels = charts.run_labels(runs)
+side = st.sidebar
+run_id = urlstate.select("Run", list(runs["run_id"]), "run", format_func=labels.get, container=side)
+accuracy = urlstate.select("Accuracy measure", list(charts.ACCURACY_METRICS), "accuracy",
+                           format_func=charts.ACCURACY_METRICS.get, container=side)
+latency = urlstate.select("Latency", ["latency_ms_p50", "latency_ms_p90"], "latency",
+                          format_func=lambda m: METRICS[m].title, container=side)
+rows = data.measurements(url, run_id)
+devices = sorted(rows["device"].unique())
+chosen = urlstate.multiselect("Devices", devices, "devices", container=side) or devices
+seq_lens = urlstate.multiselect("Sequence length", sorted(int(s) for s in rows["seq_len"].dropna().unique()),
+                                "seq_len", container=side)
+rows = rows[rows["device"].isin(chosen)]
+if seq_lens:
+    rows = rows[rows["seq_len"].isin(seq_lens)]
+points = charts.tradeoff_points(rows, accuracy, latency)
+
+c1, c2, c3 = st.columns(3)
+c1.metric("Cases", len(points))
+c2.metric("On the accuracy front", int(points["front_accuracy"].sum()))
+c3.metric("With energy measured", int(points["energy_mj"].notna().sum()))
+
+st.subheader(f"{charts.ACCURACY_METRICS[accuracy]} against latency")
+if points.empty or points["error"].isna().all():
+    st.info("No accuracy stored for the ok cases of this run.")
+else:
+    st.vega_lite_chart(spec=charts.tradeoff_chart(points, "error", "front_accuracy",
+                                          charts.ACCURACY_METRICS[accuracy] + " (log)"), width="stretch")
+
+st.subheader("Energy per inference against latency")
+if points["energy_mj"].notna().any():
+    st.vega_lite_chart(spec=charts.tradeoff_chart(points, "energy_mj", "front_energy", "energy per inference (mJ, log)"),
+                    width="stretch")
+else:
+    st.info("No energy per inference stored in this run: its devices had no power sensor "
+            "(configure `power:` in the inventory).")
+
+st.subheader("Points")
+st.dataframe(points, hide_index=True, key="tradeoff_points")
+data.csv_download(points, f"tradeoffs_{run_id}", "dl_tradeoffs")
