@@ -9,7 +9,13 @@ the controller for the `local` device and on a board over SSH. It
 - cuts off a case after `measure.timeout_s` (status `timeout`) and goes on;
 - appends every result to the journal (fsync'd) before reporting it, and keeps going when its stdout goes
   away (an SSH session dropped), so a reconnect or `--resume` collects what finished meanwhile; cases
-  already in the journal for this run are reported from it instead of being measured again.
+  already in the journal for this run are reported from it instead of being measured again;
+- skips, with the reason, a case whose backend is not installed in this python or that cannot fit in the
+  memory available (estimated before the worker starts; `workloads.memory`).
+
+Over SSH the controller starts it `--detach`ed (its own session, stdio off the SSH channel, a pid file), so
+every record goes to the journal, and reads the journal with `--follow`, which prints journal lines as they
+are written plus a heartbeat; a dropped session then loses nothing and a reconnect resumes at a byte offset.
 
 Runs on devices: standard library, psutil (via the probe) and the worker's imports only.
 """
@@ -25,29 +31,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from devices import probe
 
 WORKER_START_TIMEOUT_S = 120.0
+AGENT_STARTED_AT = time.time()
+# Modules every case needs in the device's python (the worker imports torch), plus each backend's own.
+BACKEND_MODULES = {"torch": ("torch",), "onnxruntime": ("torch", "onnxruntime")}
 
 
 class Reporter:
-    """Writes result lines to the journal (durably) and to stdout while stdout lasts."""
+    """Writes result lines to the journal (durably) and to stdout while stdout lasts.
 
-    def __init__(self, journal: Path | None) -> None:
+    `detached`: nobody reads stdout, the journal is the stream: every record goes there (results fsync'd,
+    progress lines not), except replays of results the journal already holds.
+    """
+
+    def __init__(self, journal: Path | None, detached: bool = False) -> None:
         self.journal = journal
-        self.stdout_ok = True
+        self.detached = detached and journal is not None
+        self.stdout_ok = not self.detached
         if journal:
             journal.parent.mkdir(parents=True, exist_ok=True)
+            _end_torn_line(journal)
 
     def emit(self, record: dict[str, Any], durable: bool = False) -> None:
         line = json.dumps(record, allow_nan=True)
-        if durable and self.journal:
+        if self.journal and (durable or (self.detached and not record.get("replayed"))):
             with open(self.journal, "a") as fh:
                 fh.write(line + "\n")
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
         if self.stdout_ok:
             try:
                 sys.stdout.write(line + "\n")
@@ -55,6 +71,20 @@ class Reporter:
             except (BrokenPipeError, OSError):
                 # The controller went away; keep measuring into the journal.
                 self.stdout_ok = False
+
+
+def _end_torn_line(journal: Path) -> None:
+    """Terminate a last line torn by a killed agent, so the next record starts on a line of its own."""
+    try:
+        with open(journal, "rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+    except FileNotFoundError:
+        pass
 
 
 def journaled(journal: Path | None, run_id: str) -> dict[str, dict[str, Any]]:
@@ -72,13 +102,49 @@ def journaled(journal: Path | None, run_id: str) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _die_with_parent() -> None:
+    """In the worker (Linux): SIGKILL when the agent dies, so a killed agent leaves no case running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | None) -> str | None:
+    """Why a case cannot run here, found before starting a worker: a missing backend or too little memory."""
+    from workloads.memory import memory_skip_reason
+
+    modules = caps.get("modules", {})
+    for module in BACKEND_MODULES.get(case.get("backend", "torch"), ("torch",)):
+        if not modules.get(module):
+            return (f"{module} is not installed in the device's python ({sys.executable}); the harness never "
+                    f"installs packages on a device: install it there, or leave this backend out for it")
+    return memory_skip_reason(case, available_mb)
+
+
+def _available_mb(worker: "Worker | None") -> float | None:
+    """Memory a new case can use: what is free plus what a running worker already holds for itself."""
+    try:
+        import psutil
+
+        free = psutil.virtual_memory().available / 2 ** 20
+        if worker is not None and worker.alive:
+            free += psutil.Process(worker.proc.pid).memory_info().rss / 2 ** 20
+        return free
+    except Exception:  # psutil missing or /proc unreadable: do not guess
+        return None
+
+
 class Worker:
     """One worker process and the line protocol to it."""
 
     def __init__(self, python: str) -> None:
+        self.closed = False  # its stdout hit EOF: dead, even if not yet reapable
         self.proc = subprocess.Popen(
             [python, "-m", "harness.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=None, text=True, bufsize=1)
+            stderr=None, text=True, bufsize=1, preexec_fn=_die_with_parent)
         ready = self._read_line(WORKER_START_TIMEOUT_S)
         if ready is None:
             raise RuntimeError(f"worker did not start: {self.exit_reason()}")
@@ -94,6 +160,7 @@ class Worker:
             if ready:
                 line = self.proc.stdout.readline()
                 if not line:
+                    self.closed = True
                     return None  # EOF: the worker died
                 return json.loads(line)
 
@@ -137,14 +204,27 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
     """Run every case in the plan, reporting as it goes. Never raises for a case-level problem."""
     run_id = plan["run_id"]
     workdir = plan.get("workdir")
-    fp = probe.fingerprint(workdir)
+    worker: Worker | None
+    try:
+        worker = Worker(python)
+    except RuntimeError:
+        # No worker here (torch missing, say): the agent probes itself and every case gets the reason.
+        worker = None
+    # The worker probes: it has imported torch already, so the agent itself stays light and a sweep pays
+    # one torch import, not two.
+    probed = worker.ask({"probe": True, "workdir": workdir}, WORKER_START_TIMEOUT_S) if worker else None
+    fp = probed["fingerprint"] if probed and "fingerprint" in probed else probe.fingerprint(workdir)
     caps = probe.capabilities(fp)
     reporter.emit({"type": "hello", "run_id": run_id, "device": plan.get("device"), "fingerprint": fp,
-                   "agent_pid": os.getpid()})
+                   "agent_pid": os.getpid(), "agent_started_at": AGENT_STARTED_AT, "at": time.time()})
+    if plan.get("power") and worker is not None:
+        idle_s = float(plan.get("measure", {}).get("idle_s", 5.0))
+        idle = worker.ask({"idle": plan["power"], "seconds": idle_s}, idle_s + WORKER_START_TIMEOUT_S)
+        reporter.emit({"type": "idle", "run_id": run_id, **(idle or {"idle_power_w": None,
+                                                                   "error": "no answer from the worker"})})
     done = journaled(reporter.journal, run_id)
     measure_cfg = plan.get("measure", {})
     timeout = float(measure_cfg.get("timeout_s", 120.0))
-    worker: Worker | None = None
     try:
         for index, item in enumerate(plan["cases"]):
             case_hash, case = item["hash"], item["case"]
@@ -154,13 +234,27 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                 continue
             reporter.emit({"type": "start", "run_id": run_id, "case_hash": case_hash, "index": index})
             started = time.time()
+            reason = precheck(case, caps, _available_mb(worker))
+            if reason:
+                reporter.emit({"type": "result", "run_id": run_id, "device": plan.get("device"),
+                               "case_hash": case_hash, "index": index, "status": "skipped", "error": reason,
+                               "started_at": started, "finished_at": time.time()}, durable=True)
+                continue
             if worker is None or not worker.alive:
-                worker = Worker(python)
+                try:
+                    worker = Worker(python)
+                except RuntimeError as exc:
+                    worker = None
+                    reporter.emit({"type": "result", "run_id": run_id, "device": plan.get("device"),
+                                   "case_hash": case_hash, "index": index, "status": "failed", "error": str(exc),
+                                   "started_at": started, "finished_at": time.time()}, durable=True)
+                    continue
             request = {"case": case, "measure": measure_cfg, "seed": plan.get("seed", 0), "caps": caps,
-                       "power": plan.get("power")}
+                       "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown")}
             answer = worker.ask(request, timeout)
             if answer is None:
-                if worker.alive:
+                # EOF comes a moment before a killed worker can be reaped: `alive` alone would call it a timeout.
+                if worker.alive and not worker.closed:
                     worker.kill()
                     answer = {"status": "timeout",
                               "error": f"case exceeded measure.timeout_s = {timeout:g} s and was cut off"}
@@ -172,10 +266,11 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
             record = {"type": "result", "run_id": run_id, "device": plan.get("device"), "case_hash": case_hash,
                       "index": index, **answer}
             reporter.emit(record, durable=True)
+        # Before the worker's teardown (a second or more with torch loaded): nothing is left to wait for.
+        reporter.emit({"type": "done", "run_id": run_id, "at": time.time()}, durable=reporter.detached)
     finally:
         if worker is not None:
             worker.close()
-    reporter.emit({"type": "done", "run_id": run_id})
 
 
 def iter_plan_source(path: str | None) -> Iterator[str]:
@@ -185,16 +280,188 @@ def iter_plan_source(path: str | None) -> Iterator[str]:
         yield sys.stdin.read()
 
 
+def pid_alive(pid: int | None) -> bool:
+    """True while `pid` runs (a zombie counts as gone: where PID 1 does not reap, kill -0 would lie)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_agent(pid: int | None) -> bool:
+    """True while `pid` runs and is an agent (a recycled pid of an unrelated process is not)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"harness.agent" in fh.read()
+    except OSError:
+        return True  # no /proc: trust kill -0
+
+
+def stop_agent(pid_file: Path) -> str:
+    """SIGKILL the agent in `pid_file` and its worker (its process group); says what it did."""
+    pid = read_pid(pid_file)
+    if not is_agent(pid):
+        return f"no agent running (pid file {pid_file}: {pid})"
+    assert pid is not None
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the detached agent leads its own session and group
+    except (ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    return f"killed agent {pid}"
+
+
+def read_pid(pid_file: Path | None) -> int | None:
+    try:
+        return int(pid_file.read_text().strip()) if pid_file else None
+    except (OSError, ValueError):
+        return None
+
+
+def detach(pid_file: Path, log: Path, stay: bool = False) -> int | None:
+    """Become a daemon (double fork, new session, stdio off the SSH channel, stderr to `log`).
+
+    Returns None in the daemon. The launching process waits until the pid file is written, then prints the
+    daemon's pid and exits 0 (so the SSH command that started us returns at once and a dropped session
+    cannot reach the agent), or with `stay` returns the pid (to follow the journal in the same command).
+    """
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first:
+        os.close(write_end)
+        with os.fdopen(read_end) as fh:
+            pid = fh.read().strip()
+        os.waitpid(first, 0)
+        if stay and pid:
+            return int(pid)
+        print(pid, flush=True)
+        os._exit(0 if pid else 1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.setpgid(0, 0)  # lead a process group with the worker in it, so a stop kills both
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), 2)
+    sys.stdout = open(os.devnull, "w")
+    tmp = pid_file.with_name(pid_file.name + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, pid_file)
+    os.write(write_end, str(os.getpid()).encode())
+    os.close(write_end)
+    return None
+
+
+def follow(journal: Path, offset: int, pid_file: Path | None, out: BinaryIO, beat_s: float = 2.0,
+           poll_s: float = 0.05) -> None:
+    """Print the journal from byte `offset` as it grows ("J <line>"), a heartbeat when idle
+    ("B {pos, pid, alive}"), and "E {pos, pid, seen_alive}" once the agent has exited (or was not running)
+    and every complete line is out.
+
+    Only complete lines are sent, so `pos` is always a line boundary a reconnect can resume at. Polling
+    a file's size costs the device nothing measurable, unlike a fresh SSH command every poll would.
+    """
+    pid = read_pid(pid_file)
+    pos = offset
+    fh: BinaryIO | None = None
+    last_out = 0.0
+    seen_alive = False
+    while True:
+        alive = is_agent(pid)  # checked before reading: what a dead agent wrote is all there
+        seen_alive = seen_alive or alive
+        if fh is None:
+            try:
+                fh = open(journal, "rb")
+            except FileNotFoundError:
+                fh = None
+        sent = False
+        more = False
+        if fh is not None:
+            fh.seek(pos)
+            chunk = fh.read(1 << 20)
+            more = len(chunk) == 1 << 20
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            for line in complete.split(b"\n")[:-1]:
+                out.write(b"J " + line + b"\n")
+            pos += len(complete)
+            sent = bool(complete)
+        now = time.monotonic()
+        if not sent and now - last_out >= beat_s:
+            out.write(b"B " + json.dumps({"pos": pos, "pid": pid, "alive": alive}).encode() + b"\n")
+            sent = True
+        if sent:
+            out.flush()  # a dropped session ends us here (EPIPE)
+            last_out = now
+        if more:
+            continue
+        if not alive:
+            out.write(b"E " + json.dumps({"pos": pos, "pid": pid, "seen_alive": seen_alive}).encode() + b"\n")
+            out.flush()
+            return
+        time.sleep(poll_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.agent")
     parser.add_argument("--plan", default="-", help="plan JSON file ('-' for stdin)")
     parser.add_argument("--journal", default=None, help="append-only result journal")
+    parser.add_argument("--detach", action="store_true",
+                        help="run as a daemon (needs --journal, --pid-file, --log); print its pid")
+    parser.add_argument("--pid-file", default=None, help="the detached agent's pid")
+    parser.add_argument("--log", default=None, help="the detached agent's stderr")
+    parser.add_argument("--follow", action="store_true",
+                        help="print the journal from --offset as it grows until the agent in --pid-file exits")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--stop", action="store_true", help="kill the agent in --pid-file and its worker")
+    parser.add_argument("--beat", type=float, default=2.0, help="heartbeat seconds when --follow is idle")
     args = parser.parse_args(argv)
+    journal = Path(args.journal).expanduser() if args.journal else None
+    pid_file = Path(args.pid_file).expanduser() if args.pid_file else None
+    if args.stop:
+        if pid_file is None:
+            parser.error("--stop needs --pid-file")
+        print(stop_agent(pid_file), flush=True)
+        return 0
+    if args.follow and not args.detach:
+        if journal is None:
+            parser.error("--follow needs --journal")
+        try:
+            follow(journal, args.offset, pid_file, sys.stdout.buffer, beat_s=args.beat)
+        except BrokenPipeError:
+            pass  # the controller went away; it will follow again from its offset
+        return 0
     plan = json.loads(next(iter_plan_source(args.plan)))
     # A dropped SSH session must not kill a detached agent through SIGPIPE/SIGHUP.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    reporter = Reporter(Path(args.journal).expanduser() if args.journal else None)
+    if args.detach:
+        if journal is None or pid_file is None or not args.log:
+            parser.error("--detach needs --journal, --pid-file and --log")
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        launched = detach(pid_file, Path(args.log).expanduser(), stay=args.follow)
+        if launched is not None:
+            # `--detach --follow`: this launcher reports the daemon ("S {pid}") and follows its journal, so
+            # starting and following take one SSH command and one python start-up, not two.
+            try:
+                sys.stdout.buffer.write(b"S " + json.dumps({"pid": launched}).encode() + b"\n")
+                follow(journal, args.offset, pid_file, sys.stdout.buffer, beat_s=args.beat)
+            except BrokenPipeError:
+                pass
+            return 0
+    reporter = Reporter(journal, detached=args.detach)
     run_plan(plan, reporter)
     return 0
 
