@@ -1,0 +1,41 @@
+"""`harness nightly` over two loopback SSH devices, twice, the second run slowed on purpose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sshd import Env, ssh_env, ssh_lab  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+MATRIX = """name: nightly
+defaults: {heads: 2, head_dim: 16, threads: 1}
+matrix:
+  precision: [fp32, bf16]
+  seq_len: [64]
+measure: {warmup_s: 0.05, min_time_s: 0.3, min_samples: 15, max_time_s: 5, timeout_s: 60}
+"""
+
+
+def _nightly(env: Env, report: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, HOME=str(env.home), **(extra_env or {}))
+    environ.pop("SSH_AUTH_SOCK", None)
+    return subprocess.run([sys.executable, "-m", "harness", "nightly", "--devices", "pi,jetson", "--matrix",
+                           "nightly.yaml", "--db", env.db_url, "--inventory", "inventory.yaml", "--report", report],
+                          cwd=env.tmp, env=environ, text=True, capture_output=True, timeout=600)
+
+
+def test_nightly_over_ssh_exits_1_and_names_the_slowed_cases(ssh_env: Env) -> None:
+    ssh_env.inventory()
+    (ssh_env.tmp / "nightly.yaml").write_text(MATRIX)
+    first = _nightly(ssh_env, "n1.md")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = _nightly(ssh_env, "n2.md", {"HARNESS_TEST_SLOWDOWN": "fp32=4"})
+    assert second.returncode == 1, second.stdout + second.stderr
+    regressions = (ssh_env.tmp / "n2.md").read_text().split("## Improvements")[0]
+    for device in ("pi", "jetson"):
+        assert f"| {device} | dense fp32 torch L=64 heads=2 head_dim=16 threads=1 |" in regressions
+    assert "dense bf16" not in regressions
