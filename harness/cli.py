@@ -297,6 +297,20 @@ def results_import(file: str, db: str | None) -> None:
                   f"{counts['measurements_skipped']} already present")
 
 
+@results.command("prune")
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="Drop raw samples of runs started longer ago than this: 180d, 26w, 12h.")
+@db_option
+def results_prune(older_than: str, db: str | None) -> None:
+    """Drop the raw samples of old runs; every summary (p50, p90, ...) is kept."""
+    from results.prune import describe, parse_duration, prune_samples
+    from results.store import open_store
+
+    age = parse_duration(older_than)  # a bad age exits 2 before the database is opened
+    store = open_store(db)
+    console.print(describe(prune_samples(store, age), store.backend))
+
+
 # -- compare, regress, nightly ---------------------------------------------------------------------------
 @cli.command()
 @click.argument("run_a")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from devices.inventory import DeviceConfig, Inventory
 from kernels.registry import lookup
-from results.store import Store
+from results.store import HEARTBEAT_INTERVAL_S, Store
 from workloads.errors import ConfigError, DeviceError, HarnessError, NotRegisteredError
 from workloads.matrix import Sweep, parse_matrix
 from workloads.spec import case_hash, case_label
@@ -261,8 +261,12 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     for t in threads:
         t.start()
     running = set(names)
+    next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
     try:
         while running:
+            if time.monotonic() >= next_beat:  # a fresh heartbeat makes other controllers refuse --resume
+                store.heartbeat(run_id)
+                next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
             try:
                 name, kind, record = inbox.get(timeout=0.5)
             except queue.Empty:

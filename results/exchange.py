@@ -4,6 +4,10 @@ Export then import into an empty database then export again gives the same rows:
 `samples_ms`, the device's environment in `fingerprint`, the run's identity in `run_id`. Import merges
 into a database that already has other runs and skips rows it already holds (by run, device and case), so
 histories from several labs merge without duplicates. Empty cells mean "not measured", never zero.
+
+Import validates every row before it writes anything, then hands the rows to `Store.merge`: one
+transaction per file, the engine's bulk path (executemany on SQLite, COPY on PostgreSQL). Export reads runs,
+devices and cases once and streams measurements with their samples in one query.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,10 +23,10 @@ from typing import Any, Iterable
 from sqlalchemy import select
 
 from workloads.errors import ConfigError
-from workloads.spec import CASE_COLUMNS, canonical_case, CaseKeyError
+from workloads.spec import CASE_COLUMNS, CaseKeyError, canonical_case, case_hash
 
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
-from .store import Store, pack_samples, unpack_samples
+from .store import IN_CHUNK, MEASUREMENT_VALUE_COLUMNS, MergeRow, Store, select_in, unpack_samples
 
 RUN_COLUMNS = ("run_id", "started_at", "finished_at", "run_status", "matrix", "tag", "harness_version",
                "git_revision")
@@ -46,55 +51,79 @@ TIME_COLUMNS = {"started_at", "finished_at", "measured_at", "measured_until"}
 
 
 def _iso(t: datetime | None) -> str | None:
-    return t.replace(tzinfo=timezone.utc).isoformat() if t else None
+    # Stored times are naive UTC: same text as t.replace(tzinfo=timezone.utc).isoformat(), at half the cost.
+    return t.isoformat() + "+00:00" if t else None
 
 
 def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
+    if text.endswith("+00:00"):  # what export writes: UTC already, parsed without building a tz-aware value
+        return datetime.fromisoformat(text[:-6])
     t = datetime.fromisoformat(text)
     return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
 def export_rows(store: Store, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Rows for the given runs (all runs when None), ordered by run start, device, case hash."""
+    """Rows for the given runs (all runs when None), ordered by run start, device, measurement.
+
+    Runs, devices, cases and each device's part in a run are read once into maps; measurements and their
+    samples stream in one joined query (no query per row), so exporting 100,000 rows takes seconds."""
+    m, smp = Measurement.__table__, SampleSet.__table__
+    ids = None if run_ids is None else list(run_ids)
     with store.Session() as s:
-        query = (select(Measurement, Run, RunDevice, Device, Case)
-                 .join(Run, Run.id == Measurement.run_id)
-                 .join(Device, Device.id == Measurement.device_id)
-                 .join(Case, Case.id == Measurement.case_id)
-                 .outerjoin(RunDevice, (RunDevice.run_id == Measurement.run_id)
-                            & (RunDevice.device_id == Measurement.device_id)))
-        if run_ids is not None:
-            query = query.where(Measurement.run_id.in_(list(run_ids)))
-        query = query.order_by(Run.started_at, Run.id, Device.name, Measurement.id)
-        rows = []
-        for m, run, rd, device, case in s.execute(query):
-            samples = s.get(SampleSet, m.id)
-            row: dict[str, Any] = {
-                "run_id": run.id, "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
-                "run_status": run.status, "matrix": run.matrix_name, "tag": run.tag,
-                "harness_version": run.harness_version, "git_revision": run.git_revision,
-                "device": device.name, "status": m.status, "error": m.error, "case_hash": case.hash,
-            }
-            for key in CASE_COLUMNS:
-                row[key] = case.params.get(key)
-            row.update({
-                "latency_ms_p50": m.latency_ms_p50, "latency_ms_p90": m.latency_ms_p90,
-                "latency_ms_p99": m.latency_ms_p99, "latency_ms_mean": m.latency_ms_mean,
-                "latency_ms_std": m.latency_ms_std, "n_samples": m.n_samples, "inner_loops": m.inner_loops,
-                "threads_used": m.threads, "peak_mem_mb": m.peak_mem_mb, "kv_bytes": m.kv_bytes,
-                "input_bytes": m.input_bytes, "energy_mj_per_inf": m.energy_mj_per_inf,
-                "power_w_avg": m.power_w_avg, "idle_power_w": rd.idle_power_w if rd else None,
-                "power_source": m.power_source, "is_estimate": m.is_estimate, "cos_sim": m.cos_sim,
-                "rel_err": m.rel_err, "max_abs_err": m.max_abs_err, "rmse": m.rmse, "throttled": m.throttled,
-                "measured_at": _iso(m.started_at), "measured_until": _iso(m.finished_at),
-                "samples_ms": unpack_samples(samples.values) if samples else None,
-                "details": m.details, "fingerprint": rd.fingerprint if rd else None,
-                "matrix_text": run.matrix_text, "measure": run.measure,
-            })
-            rows.append(row)
-        return rows
+        run_q = select(Run.id, Run.started_at, Run.finished_at, Run.status, Run.matrix_name, Run.tag,
+                       Run.harness_version, Run.git_revision, Run.matrix_text, Run.measure)
+        rd_q = select(RunDevice.run_id, RunDevice.device_id, RunDevice.idle_power_w, RunDevice.fingerprint)
+        if ids is None:
+            runs = {r[0]: r for r in s.execute(run_q)}
+            parts = {(r[0], r[1]): r for r in s.execute(rd_q)}
+        else:
+            runs = {r[0]: r for r in select_in(s, run_q, Run.id, ids)}
+            parts = {(r[0], r[1]): r for r in select_in(s, rd_q, RunDevice.run_id, ids)}
+        devices = dict(s.execute(select(Device.id, Device.name)).all())
+        cases = {cid: (h, params) for cid, h, params in s.execute(select(Case.id, Case.hash, Case.params))}
+        query = (select(m, smp.c["values"])
+                 .join(Run.__table__, Run.id == m.c.run_id)
+                 .join(Device.__table__, Device.id == m.c.device_id)
+                 .outerjoin(smp, smp.c.measurement_id == m.c.id)
+                 .order_by(Run.started_at, Run.id, Device.name, m.c.id))
+        chunks = [None] if ids is None else [ids[i:i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
+        result_rows = []
+        for chunk in chunks:
+            q = query if chunk is None else query.where(m.c.run_id.in_(chunk))
+            result_rows.extend(s.connection().execute(q).mappings().all())  # Core rows, fetched at once
+    if ids is not None and len(chunks) > 1:  # chunks each come sorted; restore the global order
+        result_rows.sort(key=lambda r: (runs[r["run_id"]][1], r["run_id"], devices[r["device_id"]], r["id"]))
+    run_head = {rid: {"run_id": run[0], "started_at": _iso(run[1]), "finished_at": _iso(run[2]),
+                      "run_status": run[3], "matrix": run[4], "tag": run[5], "harness_version": run[6],
+                      "git_revision": run[7]} for rid, run in runs.items()}
+    case_keys = {cid: (h, {key: params.get(key) for key in CASE_COLUMNS}) for cid, (h, params) in cases.items()}
+    rows = []
+    for r in result_rows:
+        run = runs[r["run_id"]]
+        rd = parts.get((r["run_id"], r["device_id"]))
+        h, keys = case_keys[r["case_id"]]
+        row: dict[str, Any] = dict(run_head[r["run_id"]])
+        row.update(device=devices[r["device_id"]], status=r["status"], error=r["error"], case_hash=h)
+        row.update(keys)
+        blob = r["values"]
+        row.update({
+            "latency_ms_p50": r["latency_ms_p50"], "latency_ms_p90": r["latency_ms_p90"],
+            "latency_ms_p99": r["latency_ms_p99"], "latency_ms_mean": r["latency_ms_mean"],
+            "latency_ms_std": r["latency_ms_std"], "n_samples": r["n_samples"], "inner_loops": r["inner_loops"],
+            "threads_used": r["threads"], "peak_mem_mb": r["peak_mem_mb"], "kv_bytes": r["kv_bytes"],
+            "input_bytes": r["input_bytes"], "energy_mj_per_inf": r["energy_mj_per_inf"],
+            "power_w_avg": r["power_w_avg"], "idle_power_w": rd[2] if rd else None,
+            "power_source": r["power_source"], "is_estimate": r["is_estimate"], "cos_sim": r["cos_sim"],
+            "rel_err": r["rel_err"], "max_abs_err": r["max_abs_err"], "rmse": r["rmse"], "throttled": r["throttled"],
+            "measured_at": _iso(r["started_at"]), "measured_until": _iso(r["finished_at"]),
+            "samples_ms": unpack_samples(blob) if blob is not None else None,
+            "details": r["details"], "fingerprint": rd[3] if rd else None,
+            "matrix_text": run[8], "measure": run[9],
+        })
+        rows.append(row)
+    return rows
 
 
 def _cell(value: Any, column: str) -> str:
@@ -172,63 +201,55 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Where each Measurement column comes from in an exported row (MEASUREMENT_VALUE_COLUMNS order).
+_ROW_KEY_OF_COLUMN = {"threads": "threads_used", "started_at": "measured_at", "finished_at": "measured_until"}
+_ROW_KEYS = tuple(_ROW_KEY_OF_COLUMN.get(c, c) for c in MEASUREMENT_VALUE_COLUMNS)
+_TIME_AT = tuple(i for i, c in enumerate(MEASUREMENT_VALUE_COLUMNS) if c in ("started_at", "finished_at"))
+
+
 def import_rows(store: Store, rows: list[dict[str, Any]], file: str = "<import>") -> dict[str, int]:
-    """Merge rows into the store in one transaction; returns counts of runs and measurements added/skipped."""
-    # Validate everything before writing anything.
-    prepared = []
+    """Merge rows into the store in one transaction; returns counts of runs and measurements added/skipped.
+
+    Every row is validated before anything is written. A run keeps its id (histories from several labs
+    merge by it); a row whose (run, device, case) is already stored, or repeated in the file, is skipped."""
+    runs: dict[str, dict[str, Any]] = {}
+    parts: dict[tuple[str, str], dict[str, Any]] = {}
+    merge_rows: list[MergeRow] = []
+    canonical: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}  # a file repeats few distinct cases
     for i, row in enumerate(rows):
-        raw_case = {k: row.get(k) for k in CASE_COLUMNS if row.get(k) is not None}
+        get = row.get
+        raw_key = tuple(map(get, CASE_COLUMNS))
+        found = canonical.get(raw_key)
+        if found is None:
+            raw_case = {k: v for k, v in zip(CASE_COLUMNS, raw_key) if v is not None}
+            try:
+                case = canonical_case(raw_case)
+            except CaseKeyError as exc:
+                raise ConfigError(f"row {i + 1}: {exc}", file=file, key=exc.key) from None
+            found = canonical[raw_key] = (case, case_hash(case))
+        run_id = row["run_id"]
+        if run_id not in runs:
+            runs[run_id] = {"started_at": _parse_time(get("started_at")),
+                            "finished_at": _parse_time(get("finished_at")), "status": get("run_status"),
+                            "matrix_name": get("matrix"), "matrix_text": get("matrix_text"),
+                            "measure": get("measure"), "tag": get("tag"),
+                            "harness_version": get("harness_version"), "git_revision": get("git_revision")}
+        device = row["device"]
+        if (run_id, device) not in parts:
+            parts[(run_id, device)] = {"fingerprint": get("fingerprint"), "idle_power_w": get("idle_power_w"),
+                                       "power_source": get("power_source"), "status": "complete"}
+        values = list(map(get, _ROW_KEYS))
+        for at in _TIME_AT:
+            values[at] = _parse_time(values[at])
+        if row["status"] is None:
+            raise ConfigError(f"row {i + 1} has no status", file=file, key="status")
+        samples = get("samples_ms")
         try:
-            case = canonical_case(raw_case)
-        except CaseKeyError as exc:
-            raise ConfigError(f"row {i + 1}: {exc}", file=file, key=exc.key) from None
-        prepared.append((row, case))
-    added = skipped = 0
-    new_runs: set[str] = set()
-    with store.Session.begin() as s:
-        for row, case in prepared:
-            run = s.get(Run, row["run_id"])
-            if run is None:
-                run = Run(id=row["run_id"], started_at=_parse_time(row.get("started_at")) or datetime.now(),
-                          finished_at=_parse_time(row.get("finished_at")), status=row.get("run_status") or "complete",
-                          matrix_name=row.get("matrix") or "imported", matrix_text=row.get("matrix_text") or "",
-                          measure=row.get("measure") or {}, tag=row.get("tag"),
-                          harness_version=row.get("harness_version") or "unknown",
-                          git_revision=row.get("git_revision"))
-                s.add(run)
-                s.flush()
-                new_runs.add(run.id)
-            device_id = store._device_id(s, row["device"])
-            rd = s.scalar(select(RunDevice).where(RunDevice.run_id == run.id, RunDevice.device_id == device_id))
-            if rd is None:
-                from devices.probe import stable
-                from .store import env_key
-
-                fp = row.get("fingerprint")
-                s.add(RunDevice(run_id=run.id, device_id=device_id, status="complete", fingerprint=fp,
-                                env_key=env_key(stable(fp)) if fp else None, idle_power_w=row.get("idle_power_w"),
-                                power_source=row.get("power_source")))
-            case_id = store._case_id(s, case)
-            if s.scalar(select(Measurement.id).where(Measurement.run_id == run.id, Measurement.device_id == device_id,
-                                                     Measurement.case_id == case_id)) is not None:
-                skipped += 1
-                continue
-            m = Measurement(
-                run_id=run.id, device_id=device_id, case_id=case_id, status=row["status"], error=row.get("error"),
-                started_at=_parse_time(row.get("measured_at")), finished_at=_parse_time(row.get("measured_until")),
-                latency_ms_p50=row.get("latency_ms_p50"), latency_ms_p90=row.get("latency_ms_p90"),
-                latency_ms_p99=row.get("latency_ms_p99"), latency_ms_mean=row.get("latency_ms_mean"),
-                latency_ms_std=row.get("latency_ms_std"), n_samples=row.get("n_samples"),
-                inner_loops=row.get("inner_loops"), threads=row.get("threads_used"),
-                peak_mem_mb=row.get("peak_mem_mb"), kv_bytes=row.get("kv_bytes"), input_bytes=row.get("input_bytes"),
-                energy_mj_per_inf=row.get("energy_mj_per_inf"), power_w_avg=row.get("power_w_avg"),
-                power_source=row.get("power_source"), is_estimate=row.get("is_estimate"),
-                cos_sim=row.get("cos_sim"), rel_err=row.get("rel_err"), max_abs_err=row.get("max_abs_err"),
-                rmse=row.get("rmse"), throttled=row.get("throttled"), details=row.get("details"))
-            samples = row.get("samples_ms")
-            if samples:
-                m.samples = SampleSet(n=len(samples), values=pack_samples([float(x) for x in samples]))
-            s.add(m)
-            added += 1
-    return {"runs_added": len(new_runs), "measurements_added": added, "measurements_skipped": skipped}
-
+            blob = struct.pack(f"<{len(samples)}d", *samples) if samples else None
+        except (struct.error, TypeError):
+            raise ConfigError(f"row {i + 1}: samples_ms must be a list of numbers", file=file,
+                              key="samples_ms") from None
+        merge_rows.append(MergeRow(run_id, device, found[0], found[1], tuple(values), blob))
+    counts = store.merge(runs, parts, merge_rows)
+    return {"runs_added": counts.runs_added, "measurements_added": counts.measurements_added,
+            "measurements_skipped": counts.measurements_skipped}

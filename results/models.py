@@ -20,7 +20,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 class Base(DeclarativeBase):
@@ -44,7 +44,11 @@ class Run(Base):
     controller_host: Mapped[Optional[str]] = mapped_column(String(200))
     # The process running it, so another controller can refuse to --resume a run still in progress.
     controller_pid: Mapped[Optional[int]]
+    # Refreshed by the controller every few seconds while it runs (results.store.HEARTBEAT_INTERVAL_S), on
+    # the database's clock where it has one: a fresh heartbeat means "still running", from any host.
     heartbeat_at: Mapped[Optional[datetime]]
+    # When `harness results prune` dropped this run's raw samples (its summaries stay); None: never pruned.
+    samples_pruned_at: Mapped[Optional[datetime]]
 
     devices: Mapped[list["RunDevice"]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -110,11 +114,14 @@ class Measurement(Base):
     __tablename__ = "measurements"
     __table_args__ = (
         UniqueConstraint("run_id", "device_id", "case_id"),
-        Index("ix_measurements_device_case", "device_id", "case_id"),
+        # A (device, case) series across runs (trends, regress, compare): the run id in the index lets the
+        # join to runs start from the index alone. Also serves (device) and (device, case) lookups.
+        Index("ix_measurements_device_case_run", "device_id", "case_id", "run_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    # No index of its own: the unique (run_id, device_id, case_id) index starts with it.
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
     status: Mapped[str] = mapped_column(String(16), index=True)  # ok, failed, skipped, timeout

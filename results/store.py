@@ -1,9 +1,25 @@
-"""The results store: opens a database by SQLAlchemy URL, keeps its schema current, writes results as
-they arrive (one transaction each, so nothing completed is lost) and reads them back.
+"""The results store: opens a database by SQLAlchemy URL (SQLite or PostgreSQL), keeps its schema current,
+writes results as they arrive (one transaction each, so nothing completed is lost) and reads them back.
 
-SQLite gets WAL mode and a busy timeout so a dashboard can read while a run writes, and two controllers
-can write at once. The conversion of an agent's result line into columns (`measurement_columns`) is a
-pure function: the summaries are derived from the raw samples, which are stored too.
+Several writers at once (two controllers, an import, the nightly job):
+- SQLite runs in WAL mode (a dashboard reads while a run writes) and every write transaction starts with
+  `BEGIN IMMEDIATE`: it takes the write lock up front, waiting up to the busy timeout, so a transaction
+  never has to upgrade a read lock to a write lock mid-way (the upgrade SQLite answers "database is
+  locked" at once, whatever the timeout). Writers queue; none fails.
+- PostgreSQL writers run concurrently; devices, cases and measurements are inserted with
+  `ON CONFLICT DO NOTHING` and looked up again, so two controllers creating the same case both get its id.
+- Either way a write transaction that still meets a lock timeout, a deadlock or a serialization failure
+  is retried from the start (it is idempotent: keyed by run, device and case).
+- Schema upgrades take a lock first (the SQLite write lock, a PostgreSQL advisory lock), so two processes
+  opening an old or empty database at once migrate it once.
+
+A running controller refreshes its run's heartbeat (`heartbeat`); `reopen_run` refuses to --resume a run
+whose controller is alive on this host or whose heartbeat is fresh (any host).
+
+Bulk merges (`merge`, used by import) write in one transaction with the engine's fast path: the driver's
+`executemany` on SQLite, `COPY` on PostgreSQL. The conversion of an agent's result line into columns
+(`measurement_columns`) is a pure function: the summaries are derived from the raw samples, which are
+stored too.
 """
 
 from __future__ import annotations
@@ -11,17 +27,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
 import struct
 import subprocess
+import sys
+import time
 import uuid
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import (JSON, Boolean, DateTime, Engine, Table, create_engine, event, func, insert, inspect, select,
+                        text, update)
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from workloads.errors import StoreError
@@ -33,6 +54,19 @@ from .models import SCHEMA_REVISION, Case, Device, Measurement, Run, RunDevice, 
 DEFAULT_DB = "sqlite:///harness.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The controller refreshes runs.heartbeat_at this often; a heartbeat older than HEARTBEAT_STALE_S means its
+# controller is gone (crashed, killed, lost its host) and the run may be resumed from anywhere.
+HEARTBEAT_INTERVAL_S = 15.0
+HEARTBEAT_STALE_S = 120.0
+# Attempts of a write transaction that met a lock timeout, a deadlock or a concurrent duplicate.
+WRITE_ATTEMPTS = 8
+# pg_advisory_xact_lock key serializing schema upgrades ("harn").
+PG_UPGRADE_LOCK = 0x6861726E
+# Rows per IN (...) list: far under SQLite's variable limit and PostgreSQL's parameter limit.
+IN_CHUNK = 500
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -125,15 +159,56 @@ class StoredResult:
     measurement_id: int | None
 
 
+# A measurement's own columns (all but id, run_id, device_id, case_id), in the order MergeRow.values holds
+# them and COPY / executemany write them.
+MEASUREMENT_VALUE_COLUMNS = tuple(c.name for c in Measurement.__table__.columns)[4:]
+
+
+@dataclass(slots=True)
+class MergeRow:
+    """One measurement to merge: its key (run, device name, canonical case and its hash), its columns as a
+    tuple in MEASUREMENT_VALUE_COLUMNS order and its raw samples (packed float64, or None). A tuple, not a
+    dict: a merge handles 100,000 of them."""
+
+    run_id: str
+    device: str
+    case: Mapping[str, Any]
+    case_hash: str
+    values: tuple[Any, ...]
+    samples: bytes | None = None
+
+
+@dataclass
+class MergeCounts:
+    """What `merge` did; `attempts` > 1 when a concurrent writer made it start over, `timings` where the
+    time went (seconds: lookups of runs, devices and cases; dedupe; the bulk insert)."""
+
+    runs_added: int = 0
+    measurements_added: int = 0
+    measurements_skipped: int = 0
+    attempts: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Measurement columns a merge writes, in COPY / executemany order (id first).
+_MEASUREMENT_COLS = tuple(c.name for c in Measurement.__table__.columns)
+_RUN_COLS = tuple(c.name for c in Run.__table__.columns)
+
+
 class Store:
     """The results database behind a URL (`sqlite:///harness.db`, `postgresql+psycopg://...`)."""
 
-    def __init__(self, url: str = DEFAULT_DB, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str = DEFAULT_DB, *, upgrade: bool = True,
+                 announce: Callable[[str], Any] | None = None) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.backend = self.engine.dialect.name
+        # Writes go through an engine whose transactions SQLite begins IMMEDIATE (see make_engine).
+        self.write_engine = self.engine.execution_options(harness_write=True)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self.WriteSession = sessionmaker(self.write_engine, expire_on_commit=False)
         if upgrade:
-            self.upgrade()
+            self.upgrade(announce=announce)
 
     # -- schema ---------------------------------------------------------------------------------------
     def current_revision(self) -> str | None:
@@ -142,25 +217,109 @@ class Store:
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
-    def upgrade(self, *, announce: Any = None) -> tuple[str | None, str]:
-        """Bring the schema to the head revision in place; returns (before, after)."""
+    def upgrade(self, *, announce: Callable[[str], Any] | None = None) -> tuple[str | None, str]:
+        """Bring the schema to the head revision in place; returns (before, after).
+
+        Takes a lock first (SQLite's write lock, a PostgreSQL advisory lock) and reads the revision again
+        under it, so two processes opening the same old database migrate it once. `announce` hears one
+        line before an existing database is upgraded (a new, empty one is created silently)."""
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
         before = self.current_revision()
         if before == SCHEMA_REVISION:
             return before, before
-        if before is None and inspect(self.engine).has_table("runs"):
-            raise StoreError(f"{self.url} has harness tables but no schema revision; it was not created by "
-                             "attn-harness migrations. Point --db at another database.")
-        if before is not None and announce:
-            announce(f"upgrading the results database schema from revision {before} to {SCHEMA_REVISION}")
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+        if before is not None and before not in known:
+            raise StoreError(f"{self.url} is at schema revision {before}, newer than this harness knows "
+                             f"(its newest is {SCHEMA_REVISION}); upgrade attn-harness on this machine")
+        with self._migration_connection() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
+            if before == SCHEMA_REVISION:
+                return before, before  # another process migrated it while we waited for the lock
+            if before is None and inspect(conn).has_table("runs"):
+                raise StoreError(f"{self.url} has harness tables but no schema revision; it was not created "
+                                 "by attn-harness migrations. Point --db at another database.")
+            if before is not None and announce:
+                announce(f"upgrading the results database {self.url} from schema revision {before} to "
+                         f"{SCHEMA_REVISION} (in place; every stored row is kept)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         return before, SCHEMA_REVISION
+
+    def downgrade(self, revision: str) -> None:
+        """Migrate the schema down to `revision` (for recovery and for tests of the migrations)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self._migration_connection() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+
+    @contextmanager
+    def _migration_connection(self) -> Iterator[Any]:
+        """A connection in a transaction that holds the migration lock (SQLite's write lock, a PostgreSQL
+        advisory lock). On SQLite, foreign keys are off while it runs: a batch migration rebuilds a table
+        by copy, drop and rename, and dropping `runs` with foreign keys on would cascade-delete every
+        measurement. They are checked once the migration committed, before they are switched back on."""
+        with self.write_engine.connect() as conn:
+            raw = conn.connection.driver_connection if self.backend == "sqlite" else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")  # outside any transaction, where it takes effect
+            try:
+                with conn.begin():
+                    if self.backend == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_UPGRADE_LOCK})
+                    yield conn
+                if raw is not None:
+                    broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(f"{self.url}: the schema migration left rows whose references are "
+                                         f"broken (first: {broken[0]}); restore the database from a backup")
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
+
+    # -- the write path -------------------------------------------------------------------------------
+    def write(self, body: Callable[[Session], T], *, attempts: int = WRITE_ATTEMPTS) -> T:
+        """Run `body(session)` in one write transaction; retried from the start (after a short random
+        back-off) when it meets a lock timeout, a deadlock, a serialization failure or a row a concurrent
+        writer inserted first. `body` must therefore be idempotent, as every Store write is."""
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.WriteSession.begin() as s:
+                    return body(s)
+            except Exception as exc:
+                if attempt == attempts or not _transient(exc):
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def db_now(self, s: Session) -> datetime:
+        """Naive UTC now on the database's clock where it has one (PostgreSQL), else this host's: heartbeats
+        written and judged by different hosts then agree however their clocks drift."""
+        if self.backend == "postgresql":
+            return s.scalar(text("SELECT clock_timestamp() AT TIME ZONE 'UTC'"))  # type: ignore[return-value]
+        return utcnow()
+
+    def _insert_ignore(self, table: Table, conflict: Sequence[str]) -> Any:
+        """INSERT ... ON CONFLICT (conflict) DO NOTHING for this engine."""
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        elif self.backend == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            raise StoreError(f"results databases on {self.backend} are not supported; use one of "
+                             f"{', '.join(SUPPORTED_BACKENDS)}")
+        return dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict))
 
     # -- writes ---------------------------------------------------------------------------------------
     def create_run(self, *, matrix_name: str, matrix_text: str, measure: Mapping[str, Any],
@@ -168,79 +327,87 @@ class Store:
         from harness import __version__
 
         run_id = run_id or uuid.uuid4().hex[:12]
-        with self.Session.begin() as s:
+        devices = list(devices)
+        revision = git_revision()
+
+        def body(s: Session) -> str:
             run = Run(id=run_id, started_at=utcnow(), status="running", matrix_name=matrix_name,
                       matrix_text=matrix_text, measure=dict(measure), tag=tag, harness_version=__version__,
-                      git_revision=git_revision(), controller_host=socket.gethostname(),
-                      controller_pid=os.getpid(), heartbeat_at=utcnow())
+                      git_revision=revision, controller_host=socket.gethostname(),
+                      controller_pid=os.getpid(), heartbeat_at=self.db_now(s))
             s.add(run)
             for name in devices:
                 s.add(RunDevice(run=run, device_id=self._device_id(s, name), status="pending"))
-        return run_id
+            return run_id
+
+        return self.write(body)
 
     def _device_id(self, s: Session, name: str) -> int:
         found = s.scalar(select(Device.id).where(Device.name == name))
         if found is not None:
             return found
-        # Another controller may insert the same name at once: a savepoint keeps our transaction alive.
-        try:
-            with s.begin_nested():
-                device = Device(name=name)
-                s.add(device)
-            return device.id
-        except IntegrityError:
-            return s.scalar(select(Device.id).where(Device.name == name))  # type: ignore[return-value]
+        # Another controller may insert the same name at once: whoever loses the race reads the winner's id.
+        s.execute(self._insert_ignore(Device.__table__, ["name"]).values(name=name))
+        return s.scalar(select(Device.id).where(Device.name == name))  # type: ignore[return-value]
 
-    def _case_id(self, s: Session, case: Mapping[str, Any]) -> int:
-        h = case_hash(case)
+    def _case_id(self, s: Session, case: Mapping[str, Any], h: str | None = None) -> int:
+        h = h or case_hash(case)
         found = s.scalar(select(Case.id).where(Case.hash == h))
         if found is not None:
             return found
-        cols = {k: case.get(k) for k in CASE_COLUMNS}
-        try:
-            with s.begin_nested():
-                row = Case(hash=h, params=dict(case), **cols)
-                s.add(row)
-            return row.id
-        except IntegrityError:
-            return s.scalar(select(Case.id).where(Case.hash == h))  # type: ignore[return-value]
+        s.execute(self._insert_ignore(Case.__table__, ["hash"]).values(_case_row(case, h)))
+        return s.scalar(select(Case.id).where(Case.hash == h))  # type: ignore[return-value]
 
     def add_result(self, run_id: str, device: str, case: Mapping[str, Any],
                    record: Mapping[str, Any]) -> StoredResult:
         """Store one result in its own transaction; a result already stored for (run, device, case) is
-        left as it is (exactly once across resumes and journal replays)."""
+        left as it is (exactly once across resumes, journal replays and concurrent controllers)."""
         cols = measurement_columns(record)
         samples = record.get("samples_ms") or []
-        with self.Session.begin() as s:
+        blob = pack_samples(samples) if samples else None
+        m = Measurement.__table__
+
+        def body(s: Session) -> StoredResult:
             device_id = self._device_id(s, device)
             case_id = self._case_id(s, case)
-            existing = s.scalar(select(Measurement.id).where(
-                Measurement.run_id == run_id, Measurement.device_id == device_id, Measurement.case_id == case_id))
+            key = (m.c.run_id == run_id) & (m.c.device_id == device_id) & (m.c.case_id == case_id)
+            existing = s.scalar(select(m.c.id).where(key))
             if existing is not None:
                 return StoredResult(False, existing)
-            m = Measurement(run_id=run_id, device_id=device_id, case_id=case_id, **cols)
-            if samples:
-                m.samples = SampleSet(n=len(samples), values=pack_samples(samples))
-            s.add(m)
-            s.flush()
-            return StoredResult(True, m.id)
+            values = dict(run_id=run_id, device_id=device_id, case_id=case_id, **cols)
+            if self.backend == "sqlite":
+                # The write lock has been ours since BEGIN IMMEDIATE: nobody inserted it since we looked.
+                # (No RETURNING: it needs SQLite 3.35, newer than some distributions' Python links.)
+                new_id = s.execute(insert(m).values(values)).inserted_primary_key[0]
+            else:
+                new_id = s.scalar(self._insert_ignore(m, ["run_id", "device_id", "case_id"]).values(values)
+                                  .returning(m.c.id))
+                if new_id is None:  # a concurrent writer stored it between our look and our insert
+                    return StoredResult(False, s.scalar(select(m.c.id).where(key)))
+            if blob is not None:
+                s.execute(insert(SampleSet.__table__).values(measurement_id=new_id, n=len(samples), values=blob))
+            return StoredResult(True, new_id)
+
+        return self.write(body)
 
     def set_run_device(self, run_id: str, device: str, **fields: Any) -> None:
         from devices.probe import stable
 
-        with self.Session.begin() as s:
+        if "fingerprint" in fields and fields["fingerprint"] is not None:
+            fields["env_key"] = env_key(stable(fields["fingerprint"]))
+
+        def body(s: Session) -> None:
             device_id = self._device_id(s, device)
-            rd = s.scalar(select(RunDevice).where(RunDevice.run_id == run_id, RunDevice.device_id == device_id))
-            if rd is None:
-                rd = RunDevice(run_id=run_id, device_id=device_id, status="pending")
-                s.add(rd)
-            if "fingerprint" in fields and fields["fingerprint"] is not None:
-                fields["env_key"] = env_key(stable(fields["fingerprint"]))
-            for key, value in fields.items():
-                setattr(rd, key, value)
+            s.execute(self._insert_ignore(RunDevice.__table__, ["run_id", "device_id"])
+                      .values(run_id=run_id, device_id=device_id, status="pending"))
+            if fields:
+                s.execute(update(RunDevice).where(RunDevice.run_id == run_id, RunDevice.device_id == device_id)
+                          .values(**fields))
+
+        self.write(body)
 
     def finish_run(self, run_id: str, status: str) -> None:
-        with self.Session.begin() as s:
+        def body(s: Session) -> None:
             run = s.get(Run, run_id)
             if run is None:
                 raise StoreError(f"no run {run_id}")
@@ -248,21 +415,201 @@ class Store:
             run.finished_at = utcnow()
             run.controller_pid = None
 
+        self.write(body)
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Refresh the run's heartbeat (the controller calls this every HEARTBEAT_INTERVAL_S while it runs).
+        False when the run is no longer this process's (another controller resumed it after this one's
+        heartbeat went stale)."""
+        host, pid = socket.gethostname(), os.getpid()
+
+        def body(s: Session) -> bool:
+            done = s.execute(update(Run).where(Run.id == run_id, Run.controller_pid == pid,
+                                               Run.controller_host == host)
+                             .values(heartbeat_at=self.db_now(s)))
+            return done.rowcount == 1
+
+        return self.write(body)
+
     def reopen_run(self, run_id: str) -> Run:
-        """Mark a run as running again for --resume, refusing one another live controller is running."""
-        with self.Session.begin() as s:
-            run = s.get(Run, run_id)
+        """Mark a run as running again for --resume, refusing one another live controller is running: one
+        whose process is alive on this host, or whose heartbeat (any host) is under HEARTBEAT_STALE_S old."""
+        host, pid = socket.gethostname(), os.getpid()
+
+        def body(s: Session) -> Run:
+            # FOR UPDATE on PostgreSQL (SQLite's write lock already covers it): two resumes at once, one wins.
+            run = s.get(Run, run_id, with_for_update=True)
             if run is None:
                 raise StoreError(f"no run '{run_id}' in {self.url}; `harness results list` shows the runs")
-            if run.status == "running" and run.controller_host == socket.gethostname() and \
-                    run.controller_pid and _pid_alive(run.controller_pid) and run.controller_pid != os.getpid():
-                raise StoreError(f"run {run_id} is still being run by process {run.controller_pid} on this "
-                                 "host; wait for it to finish or stop it before --resume")
+            now = self.db_now(s)
+            if run.status == "running" and not (run.controller_host == host and run.controller_pid == pid):
+                why = controller_alive(run, now)
+                if why:
+                    who = f"process {run.controller_pid}" if run.controller_pid else "a controller"
+                    raise StoreError(f"run {run_id} is still being run by {who} on "
+                                     f"{run.controller_host or 'an unknown host'} ({why}); wait for it to "
+                                     "finish, or stop that process and --resume again (a controller that "
+                                     f"died counts as gone {HEARTBEAT_STALE_S:.0f} s after its last "
+                                     "heartbeat)")
             run.status = "running"
-            run.controller_pid = os.getpid()
-            run.controller_host = socket.gethostname()
-            run.heartbeat_at = utcnow()
+            run.controller_pid = pid
+            run.controller_host = host
+            run.heartbeat_at = now
             return run
+
+        return self.write(body)
+
+    # -- bulk merge (import) ---------------------------------------------------------------------------
+    def merge(self, runs: Mapping[str, Mapping[str, Any]],
+              run_devices: Mapping[tuple[str, str], Mapping[str, Any]], rows: Sequence[MergeRow]) -> MergeCounts:
+        """Merge runs, devices' parts in them and measurements, in one transaction.
+
+        `runs` maps run id to Run columns (used only for runs not yet stored: a stored run keeps its own);
+        `run_devices` maps (run id, device) to RunDevice columns (likewise). A measurement already stored
+        for its (run, device, case), or met twice in `rows`, is skipped. Measurements and samples go in
+        with the engine's fast path: the driver's executemany (SQLite), COPY (PostgreSQL)."""
+        attempts = 0
+
+        def body(s: Session) -> MergeCounts:
+            nonlocal attempts
+            attempts += 1
+            counts = self._merge(s, runs, run_devices, rows)
+            counts.attempts = attempts
+            return counts
+
+        return self.write(body)
+
+    def _merge(self, s: Session, runs: Mapping[str, Mapping[str, Any]],
+               run_devices: Mapping[tuple[str, str], Mapping[str, Any]], rows: Sequence[MergeRow]) -> MergeCounts:
+        from devices.probe import stable
+
+        t0 = time.perf_counter()
+        counts = MergeCounts()
+        # Keys are taken in sorted order everywhere: two concurrent merges then lock rows in the same order
+        # and cannot deadlock each other on PostgreSQL.
+        run_ids = sorted(set(runs) | {r.run_id for r in rows})
+        stored_runs = {r[0] for r in select_in(s, select(Run.id), Run.id, run_ids)}
+        new_runs = []
+        for rid in run_ids:
+            if rid in stored_runs:
+                continue
+            given = runs.get(rid) or {}
+            row = {c: given.get(c) for c in _RUN_COLS}
+            row.update(id=rid, started_at=given.get("started_at") or utcnow(),
+                       status=given.get("status") or "complete", matrix_name=given.get("matrix_name") or "imported",
+                       matrix_text=given.get("matrix_text") or "", measure=given.get("measure") or {},
+                       harness_version=given.get("harness_version") or "unknown")
+            new_runs.append(row)
+        if new_runs:
+            s.execute(self._insert_ignore(Run.__table__, ["id"]), new_runs)
+        counts.runs_added = len(new_runs)
+
+        names = sorted(set(r.device for r in rows) | {d for _, d in run_devices})
+        device_ids = {name: self._device_id(s, name) for name in names}
+
+        cases: dict[str, Mapping[str, Any]] = {}
+        for r in rows:
+            cases.setdefault(r.case_hash, r.case)
+        hashes = sorted(cases)
+        case_ids = dict(select_in(s, select(Case.hash, Case.id), Case.hash, hashes))
+        missing = [_case_row(cases[h], h) for h in hashes if h not in case_ids]
+        if missing:
+            s.execute(self._insert_ignore(Case.__table__, ["hash"]), missing)
+            case_ids.update(select_in(s, select(Case.hash, Case.id), Case.hash, [c["hash"] for c in missing]))
+
+        pairs = sorted(set(run_devices) | {(r.run_id, r.device) for r in rows})
+        stored_pairs = {tuple(r) for r in select_in(s, select(RunDevice.run_id, RunDevice.device_id),
+                                                    RunDevice.run_id, run_ids)}
+        new_pairs = []
+        for rid, name in pairs:
+            if (rid, device_ids[name]) in stored_pairs:
+                continue
+            given = run_devices.get((rid, name)) or {}
+            fp = given.get("fingerprint")
+            new_pairs.append({"run_id": rid, "device_id": device_ids[name], "status": given.get("status") or "complete",
+                              "error": given.get("error"), "fingerprint": fp,
+                              "env_key": env_key(stable(fp)) if fp else None,
+                              "idle_power_w": given.get("idle_power_w"), "power_source": given.get("power_source")})
+        if new_pairs:
+            s.execute(self._insert_ignore(RunDevice.__table__, ["run_id", "device_id"]), new_pairs)
+        t1 = time.perf_counter()
+
+        m = Measurement.__table__
+        seen = {tuple(r) for r in select_in(s, select(m.c.run_id, m.c.device_id, m.c.case_id), m.c.run_id, run_ids)}
+        todo: list[tuple[int, int, MergeRow]] = []
+        for r in rows:
+            key = (r.run_id, device_ids[r.device], case_ids[r.case_hash])
+            if key in seen:
+                counts.measurements_skipped += 1
+                continue
+            seen.add(key)
+            todo.append((key[1], key[2], r))
+        t2 = time.perf_counter()
+        if todo:
+            if self.backend == "postgresql":
+                self._copy_measurements(s, todo)
+            else:
+                self._executemany_measurements(s, todo)
+        counts.measurements_added = len(todo)
+        counts.timings = {"lookups_s": t1 - t0, "dedupe_s": t2 - t1, "insert_s": time.perf_counter() - t2}
+        return counts
+
+    @staticmethod
+    def _measurement_tuples(todo: Sequence[tuple[int, int, MergeRow]], ids: Sequence[int],
+                            convert: Mapping[str, Callable[[Any], Any]]) -> Iterator[tuple[Any, ...]]:
+        """(id, run_id, device_id, case_id, *values) per row, `convert`ed where not None."""
+        assert _MEASUREMENT_COLS[:4] == ("id", "run_id", "device_id", "case_id"), _MEASUREMENT_COLS
+        build = _row_builder(convert)
+        return (build(mid, r.run_id, device_id, case_id, r.values) for mid, (device_id, case_id, r) in zip(ids, todo))
+
+    def _executemany_measurements(self, s: Session, todo: Sequence[tuple[int, int, MergeRow]]) -> None:
+        """SQLite: ids assigned here (safe: the transaction holds the write lock), then the driver's
+        executemany for measurements and samples, values converted as SQLAlchemy would store them."""
+        dialect = self.engine.dialect
+        convert = {}
+        for c in Measurement.__table__.columns:
+            if isinstance(c.type, DateTime):
+                # SQLAlchemy's SQLite storage format for naive datetimes, without its per-value formatting.
+                convert[c.name] = _sqlite_datetime
+                continue
+            if isinstance(c.type, JSON):
+                convert[c.name] = dialect._json_serializer or json.dumps  # type: ignore[attr-defined]
+                continue
+            if isinstance(c.type, Boolean):
+                continue  # sqlite3 stores Python bools as 0 and 1 itself
+            proc = c.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                convert[c.name] = proc
+        start = (s.scalar(select(func.max(Measurement.id))) or 0) + 1
+        ids = range(start, start + len(todo))
+        cur = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cols = ", ".join(f'"{c}"' for c in _MEASUREMENT_COLS)
+        marks = ", ".join("?" * len(_MEASUREMENT_COLS))
+        cur.executemany(f"INSERT INTO measurements ({cols}) VALUES ({marks})",
+                        self._measurement_tuples(todo, ids, convert))
+        cur.executemany('INSERT INTO samples (measurement_id, n, "values") VALUES (?, ?, ?)',
+                        ((mid, len(r.samples) // 8, r.samples) for mid, (_, _, r) in zip(ids, todo) if r.samples))
+        cur.close()
+
+    def _copy_measurements(self, s: Session, todo: Sequence[tuple[int, int, MergeRow]]) -> None:
+        """PostgreSQL: ids drawn from the table's sequence, then COPY for measurements and samples. A row a
+        concurrent writer stored meanwhile fails the COPY (unique key); `write` retries, and the retry
+        skips it."""
+        ids = s.scalars(text("SELECT nextval(pg_get_serial_sequence('measurements', 'id')) "
+                             "FROM generate_series(1, :n)"), {"n": len(todo)}).all()
+        dumps = self.engine.dialect._json_serializer or json.dumps  # type: ignore[attr-defined]
+        json_cols = {c.name: dumps for c in Measurement.__table__.columns if isinstance(c.type, JSON)}
+        cur = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cols = ", ".join(f'"{c}"' for c in _MEASUREMENT_COLS)
+        with cur.copy(f"COPY measurements ({cols}) FROM STDIN") as copy:
+            for values in self._measurement_tuples(todo, ids, json_cols):
+                copy.write_row(values)
+        with cur.copy('COPY samples (measurement_id, n, "values") FROM STDIN (FORMAT BINARY)') as copy:
+            copy.set_types(["int4", "int4", "bytea"])
+            for mid, (_, _, r) in zip(ids, todo):
+                if r.samples:
+                    copy.write_row((mid, len(r.samples) // 8, r.samples))
+        cur.close()
 
     # -- reads ----------------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> Run:
@@ -291,16 +638,21 @@ class Store:
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.Session() as s:
-            counts = (select(Measurement.run_id, Measurement.status, func.count())
-                      .group_by(Measurement.run_id, Measurement.status).subquery())
             runs = s.scalars(select(Run).order_by(Run.started_at.desc()).limit(limit)).all()
-            out = []
-            for run in runs:
-                by_status = {st: n for _, st, n in s.execute(select(counts).where(counts.c.run_id == run.id))}
-                out.append({"run_id": run.id, "started_at": run.started_at, "status": run.status,
-                            "matrix": run.matrix_name, "tag": run.tag, "devices": self.run_devices(run.id),
-                            "counts": by_status})
-            return out
+            ids = [r.id for r in runs]
+            counts: dict[str, dict[str, int]] = {}
+            for rid, st, n in select_in(s, select(Measurement.run_id, Measurement.status, func.count())
+                                         .group_by(Measurement.run_id, Measurement.status),
+                                         Measurement.run_id, ids):
+                counts.setdefault(rid, {})[st] = n
+            names: dict[str, list[str]] = {}
+            for rid, name in select_in(s, select(RunDevice.run_id, Device.name)
+                                        .join(Device, Device.id == RunDevice.device_id).order_by(RunDevice.id),
+                                        RunDevice.run_id, ids):
+                names.setdefault(rid, []).append(name)
+            return [{"run_id": run.id, "started_at": run.started_at, "status": run.status,
+                     "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
+                     "counts": counts.get(run.id, {})} for run in runs]
 
     def status_counts(self, run_id: str) -> dict[str, int]:
         """Stored measurements of a run by status (ok, failed, skipped, timeout)."""
@@ -314,6 +666,65 @@ class Store:
             return s.scalar(select(func.count()).select_from(Run)) or 0
 
 
+def controller_alive(run: Run, now: datetime) -> str | None:
+    """Why the run's controller counts as alive (for refusing --resume), or None when it is gone: its
+    process alive on this host, or (any host) a heartbeat younger than HEARTBEAT_STALE_S."""
+    if run.controller_host == socket.gethostname():
+        return "its process is alive" if run.controller_pid and _pid_alive(run.controller_pid) else None
+    if run.heartbeat_at is not None:
+        age = (now - run.heartbeat_at).total_seconds()
+        if age < HEARTBEAT_STALE_S:
+            return f"last heartbeat {max(age, 0):.0f} s ago"
+    return None
+
+
+def _row_builder(convert: Mapping[str, Callable[[Any], Any]]) -> Callable[..., tuple[Any, ...]]:
+    """A function (id, run_id, device_id, case_id, values) -> the row's tuple with `convert[column]` applied
+    to the non-None values of those columns. Generated as one tuple expression: a merge builds 100,000 rows,
+    and a per-column loop in Python costs as much as the driver's insert."""
+    scope: dict[str, Any] = {}
+    parts = []
+    for i, column in enumerate(MEASUREMENT_VALUE_COLUMNS):
+        if column in convert:
+            scope[f"f{i}"] = convert[column]
+            parts.append(f"(None if v[{i}] is None else f{i}(v[{i}]))")
+        else:
+            parts.append(f"v[{i}]")
+    source = f"lambda mid, run_id, device_id, case_id, v: (mid, run_id, device_id, case_id, {', '.join(parts)})"
+    return eval(source, scope)  # noqa: S307 (built from column names above, no outside input)
+
+
+def _sqlite_datetime(t: datetime) -> str:
+    """A naive datetime as SQLAlchemy stores it in SQLite ('2026-01-01 02:00:00.000000')."""
+    return t.isoformat(" ", "microseconds")
+
+
+def _case_row(case: Mapping[str, Any], h: str) -> dict[str, Any]:
+    row = {k: case.get(k) for k in CASE_COLUMNS}
+    row.update(hash=h, params=dict(case))
+    return row
+
+
+def select_in(s: Session, query: Any, column: Any, values: Sequence[Any]) -> Iterator[Any]:
+    """Rows of `query` filtered by `column IN values`, in chunks of IN_CHUNK values."""
+    values = list(values)
+    for start in range(0, len(values), IN_CHUNK):
+        yield from s.execute(query.where(column.in_(values[start:start + IN_CHUNK])))
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure the same transaction may not meet again: lock timeout (SQLite busy), deadlock,
+    serialization failure, or a unique key a concurrent writer took first."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlstate", None)
+    if code in ("40001", "40P01", "23505", "55P03"):
+        return True
+    if type(orig).__module__.startswith("sqlite3") or isinstance(exc, OperationalError):
+        msg = str(orig).lower()
+        return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
+    return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -324,8 +735,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _finite_json(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_json(v) for v in o]
+    return o
+
+
+def pg_json_dumps(o: Any) -> str:
+    """JSON for PostgreSQL, which rejects NaN and Infinity: they are stored as null there (SQLite keeps
+    them, as Python's json writes them)."""
+    try:
+        return json.dumps(o, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_json(o))
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite in WAL mode with a busy timeout, its directory checked first."""
+    """An engine for the URL: SQLite in WAL mode with a busy timeout and our own BEGIN (IMMEDIATE for
+    writes), its directory checked first; PostgreSQL with pre-ping and NaN-safe JSON."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
@@ -336,27 +767,44 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # The driver's own transaction handling off: it would BEGIN DEFERRED behind our back.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # A write transaction takes the write lock up front (waiting up to the busy timeout) instead of
+            # upgrading a read lock later, which SQLite refuses at once with "database is locked".
+            write = conn.get_execution_options().get("harness_write")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
         return engine
+    if not any(url.startswith(b) for b in SUPPORTED_BACKENDS):
+        raise StoreError(f"cannot open results database {url!r}: the harness stores results in SQLite "
+                         "(sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST:PORT/DB)")
     try:
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, json_serializer=pg_json_dumps)
     except Exception as exc:  # bad URL or missing driver: say which
         raise StoreError(f"cannot open results database {url!r}: {exc}") from None
 
 
+def announce_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def open_store(url: str | None = None) -> Store:
-    """The store for --db / HARNESS_DB / the default, with a clear error when it cannot be opened."""
+    """The store for --db / HARNESS_DB / the default, with a clear error when it cannot be opened; an older
+    schema is upgraded in place, saying so on stderr."""
     url = url or os.environ.get("HARNESS_DB") or DEFAULT_DB
     try:
-        return Store(url)
+        return Store(url, announce=announce_on_stderr)
     except OperationalError as exc:
         raise StoreError(f"cannot open results database {url}: {exc.orig}") from None
-
 
 def json_default(o: Any) -> Any:
     if isinstance(o, datetime):
