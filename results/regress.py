@@ -94,8 +94,11 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
     """Every (device, case) series of `metric` from ok measurements, runs in time order."""
     column, _ = METRICS[metric]
     with store.Session() as s:
+        # Fingerprints are parsed once per (run, device), not once per measurement row.
+        fingerprints = {(run_id, device): fp for run_id, device, fp in s.execute(
+            select(RunDevice.run_id, Device.name, RunDevice.fingerprint).join(Device, Device.id == RunDevice.device_id))}
         query = (select(Device.name, Case.hash, Case.params, Run.id, Run.started_at, Run.git_revision,
-                        Run.harness_version, RunDevice.env_key, RunDevice.fingerprint, Measurement.throttled,
+                        Run.harness_version, RunDevice.env_key, Measurement.throttled,
                         getattr(Measurement, column), SampleSet.values)
                  .join(Device, Device.id == Measurement.device_id)
                  .join(Case, Case.id == Measurement.case_id)
@@ -108,11 +111,12 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
         if devices:
             query = query.where(Device.name.in_(list(devices)))
         out: dict[tuple[str, str], Series] = {}
-        for (device, chash, params, run_id, started, rev, version, env_key, fp, throttled, value,
+        for (device, chash, params, run_id, started, rev, version, env_key, throttled, value,
              blob) in s.execute(query):
             series = out.setdefault((device, chash), Series(device, chash, dict(params), metric))
             samples = unpack_samples(blob) if (metric == "latency_ms" and blob) else [float(value)]
-            series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled), fp, rev, version))
+            series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled),
+                                             fingerprints.get((run_id, device)), rev, version))
     return list(out.values())
 
 
