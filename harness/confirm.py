@@ -13,6 +13,7 @@ import json
 import subprocess
 import tarfile
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -59,9 +60,10 @@ def checkout(revision: str, dest: Path, repo: Path = REPO_ROOT) -> Path:
 
 def _measure_once(device: DeviceConfig, code_root: Path, case: dict[str, Any], measure: MeasureConfig,
                   start: Callable[[DeviceConfig, dict[str, Any], Path], AgentSession]) -> list[float]:
-    plan = {"run_id": f"confirm-{code_root.name}", "device": device.name, "seed": 0,
+    # A fresh run id each time: the agent replays results it has journaled for a run id.
+    plan = {"run_id": f"confirm-{code_root.name}-{uuid.uuid4().hex[:8]}", "device": device.name, "seed": 0,
             "cases": [{"hash": case_hash(case), "case": case}], "measure": measure.to_dict(),
-            "workdir": str(code_root / ".work"), "power": None}
+            "workdir": device.workdir, "power": None}
     session = start(device, plan, code_root)
     samples: list[float] = []
     try:
@@ -75,8 +77,13 @@ def _measure_once(device: DeviceConfig, code_root: Path, case: dict[str, Any], m
     return samples
 
 
-def _local_start(device: DeviceConfig, plan: dict[str, Any], code_root: Path) -> AgentSession:
-    return LocalAgent(device, plan, code_root=code_root)
+def _starter(device: DeviceConfig, inventory: Inventory) -> Callable[[DeviceConfig, dict[str, Any], Path], AgentSession]:
+    """Start an agent with the code under a given root: a subprocess here, or a shipped bundle over SSH."""
+    if device.is_local:
+        return lambda d, plan, root: LocalAgent(d, plan, code_root=root)
+    from harness.ssh import SSHTransport
+
+    return lambda d, plan, root: SSHTransport(d, inventory, code_root=root).start(plan)
 
 
 def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[str, str | None], *,
@@ -95,18 +102,18 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
                                                        "be rebuilt; re-run both sides by hand"))
                 continue
             device = inventory.devices.get(finding.device)
-            if device is None or not device.is_local:
-                out.append(Confirmation(finding, None, f"confirmation runs on the local device only for now; "
-                                                       f"{finding.device} is remote"))
+            if device is None:
+                out.append(Confirmation(finding, None, f"device {finding.device} is not in the inventory"))
                 continue
+            start = _starter(device, inventory)
             try:
                 old_root = checkout(old_rev, Path(tmp) / f"old-{old_rev[:12]}", repo)
                 new_root = checkout(new_rev, Path(tmp) / f"new-{new_rev[:12]}", repo)
                 old: list[float] = []
                 new: list[float] = []
                 for _ in range(rounds):
-                    old += _measure_once(device, old_root, dict(finding.case), measure, _local_start)
-                    new += _measure_once(device, new_root, dict(finding.case), measure, _local_start)
+                    old += _measure_once(device, old_root, dict(finding.case), measure, start)
+                    new += _measure_once(device, new_root, dict(finding.case), measure, start)
             except HarnessError as exc:
                 out.append(Confirmation(finding, None, str(exc)))
                 continue

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import paramiko
 
 from devices.inventory import DeviceConfig, Inventory
-from harness.bundle import COMPLETE_MARKER, Bundle, build_bundle
+from harness.bundle import COMPLETE_MARKER, REPO_ROOT, Bundle, build_bundle
 from workloads.errors import DeviceError
 
 log = logging.getLogger("harness.ssh")
@@ -195,13 +195,15 @@ _bundle_lock = threading.Lock()
 _bundle_cache: dict[str, tuple[Bundle, bytes]] = {}
 
 
-def current_bundle() -> tuple[Bundle, bytes]:
-    """The bundle of this checkout and its tarball, built once per process (all device threads share it)."""
+def current_bundle(root: Path = REPO_ROOT) -> tuple[Bundle, bytes]:
+    """The bundle of the code under `root` (this checkout by default) and its tarball, built once per
+    process (all device threads share it)."""
+    key = str(root)
     with _bundle_lock:
-        if "b" not in _bundle_cache:
-            bundle = build_bundle()
-            _bundle_cache["b"] = (bundle, bundle.tarball())
-        return _bundle_cache["b"]
+        if key not in _bundle_cache:
+            bundle = build_bundle(root)
+            _bundle_cache[key] = (bundle, bundle.tarball())
+        return _bundle_cache[key]
 
 
 # -- the connection ------------------------------------------------------------------------------------------
@@ -229,9 +231,10 @@ class Completed:
 class SSHTransport:
     """The controller's Transport for one device over SSH; connects lazily, every call bounded."""
 
-    def __init__(self, device: DeviceConfig, inventory: Inventory) -> None:
+    def __init__(self, device: DeviceConfig, inventory: Inventory, code_root: Path = REPO_ROOT) -> None:
         self.device = device
         self.inventory = inventory
+        self.code_root = code_root  # whose device-side code to ship (`regress --confirm` ships old revisions)
         self.known_hosts = known_hosts_path(inventory)
         self.calls: deque[RemoteCall] = deque(maxlen=1000)
         self.connect_s: float | None = None
@@ -433,7 +436,7 @@ class SSHTransport:
 
     def ensure_bundle(self) -> str:
         """The bundle directory on the device, uploading it only when its digest is not there yet."""
-        bundle, tarball = current_bundle()
+        bundle, tarball = current_bundle(self.code_root)
         target = posixpath.join(self.workdir, "bundles", bundle.digest)
         res = self.run(f"test -f {rpath(posixpath.join(target, COMPLETE_MARKER))}", what="check the bundle")
         return target if res.exit_code == 0 else self.upload_bundle(bundle, tarball)
@@ -491,7 +494,7 @@ class SSHAgentSession:
         self.done_at: float | None = None
         self.starting = False  # an agent was started and has not written its first line yet
         self.stderr_tail = b""
-        self.bundle, self.tarball = current_bundle()
+        self.bundle, self.tarball = current_bundle(transport.code_root)
         self.paths = RemotePaths.of(transport.workdir, self.bundle.digest, self.run_id, self.device.name)
         self._stopped = False
         transport.connect()

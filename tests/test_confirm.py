@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from devices.inventory import parse_inventory
+from sshd import ssh_env, ssh_lab  # noqa: F401 (fixtures)
+
 from harness.confirm import confirm
 from results.regress import Finding
 from workloads.matrix import MeasureConfig
@@ -43,9 +45,10 @@ def revisions(tmp_path_factory) -> dict[str, str]:
     return {"repo": str(repo), "base": base, "slow": slow, "docs": docs}
 
 
-def _finding() -> Finding:
-    case = canonical_case({"precision": "fp32", "seq_len": 64, "heads": 4, "head_dim": 32})
-    return Finding(device="local", case=case, metric="latency_ms", run_id="new", started_at="", before=1.0,
+def _finding(device: str = "local") -> Finding:
+    # One thread: OpenMP threads waiting for time slices on a loaded machine would swamp the comparison.
+    case = canonical_case({"precision": "fp32", "seq_len": 64, "heads": 4, "head_dim": 32, "threads": 1})
+    return Finding(device=device, case=case, metric="latency_ms", run_id="new", started_at="", before=1.0,
                    after=1.3, before_interval=(0.9, 1.1), after_interval=(1.2, 1.4), change_pct=30.0,
                    direction="regression", statistic=5.0, statistic_name="t", p_value=1e-4, runs_before=["old"],
                    runs_after=["new"], differs={})
@@ -57,6 +60,9 @@ def test_a_real_slowdown_between_revisions_is_confirmed(home, revisions):
                   repo=Path(revisions["repo"]))
     assert c.confirmed is True, c.reason
     assert c.change_pct > 100 and len(c.old_samples) >= 20 and len(c.new_samples) >= 20
+    # Each round measured afresh (a journal replay would repeat the first round's samples).
+    half = len(c.old_samples) // 2
+    assert c.old_samples[:half] != c.old_samples[half:]
 
 
 def test_a_suspect_whose_code_did_not_change_speed_is_not_confirmed(home, revisions):
@@ -70,3 +76,13 @@ def test_a_run_without_a_revision_is_reported_as_unconfirmed_not_dropped(home, r
     [c] = confirm([_finding()], parse_inventory({}, "devices.yaml"), {"old": None, "new": revisions["slow"]},
                   rounds=1, measure=QUICK, repo=Path(revisions["repo"]))
     assert c.confirmed is None and "no git revision" in c.reason
+
+
+@pytest.mark.slow
+def test_confirmation_ships_each_revision_to_a_remote_device(ssh_env, revisions):
+    inventory = ssh_env.inventory()
+    [c] = confirm([_finding("pi")], inventory, {"old": revisions["base"], "new": revisions["slow"]}, rounds=1,
+                  measure=QUICK, repo=Path(revisions["repo"]))
+    assert c.confirmed is True, c.reason
+    bundles = list((ssh_env.tmp / "work-pi" / "bundles").iterdir())
+    assert len(bundles) >= 2  # the old and the new code, each under its own content hash
