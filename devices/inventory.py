@@ -98,6 +98,8 @@ def parse_inventory(data: Any, file: str) -> Inventory:
                 names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
                 raise ConfigError(f"device '{name}': '{key}' must be {names}, got {value!r}", file=file,
                                   key=f"devices.{name}.{key}")
+        if "power" in entry:
+            _check_power(entry["power"], name, file)
         if "port" in entry and not 0 < entry["port"] < 65536:
             raise ConfigError(f"device '{name}': port {entry['port']} is not a TCP port", file=file,
                               key=f"devices.{name}.port")
@@ -117,6 +119,17 @@ def parse_inventory(data: Any, file: str) -> Inventory:
     if known_hosts is not None and not isinstance(known_hosts, str):
         raise ConfigError("'known_hosts' must be a path", file=file, key="known_hosts")
     return Inventory(devices=devices, known_hosts=known_hosts, path=file)
+
+
+def _check_power(power: Any, device: str, file: str) -> None:
+    """A wrong `power:` mapping is an inventory error (exit 2), not a failure of every case at run time."""
+    from devices.power import validate_config
+
+    try:
+        validate_config(power)
+    except ConfigError as exc:
+        raise ConfigError(f"device '{device}': power: {exc.detail}", file=file,
+                          key=f"devices.{device}.power.{exc.key}") from None
 
 
 def load_inventory(path: str | None = None) -> Inventory:

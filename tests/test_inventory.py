@@ -66,3 +66,31 @@ def test_devices_list_shows_the_example_and_bad_inventory_exits_2(tmp_path: Path
     assert failed.returncode == 2
     err = " ".join(failed.stderr.split())
     assert "devices.pi.pyhton" in err and "did you mean 'python'" in err
+
+
+@pytest.mark.parametrize("power, key, words", [
+    ({"sensor": "rapl", "inclde_dram": True}, "devices.pi.power.inclde_dram", "allowed: include_dram"),
+    ({"sensor": "estimate"}, "devices.pi.power.tdp_w", "needs this key"),
+    ({"sensor": "ina999"}, "devices.pi.power.sensor", "known: jetson-ina3221"),
+    ("rapl", "devices.pi.power", "must be dict"),
+])
+def test_a_wrong_power_mapping_is_an_inventory_error_naming_device_and_key(power, key, words) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_inventory({"devices": {"pi": {"host": "10.0.0.2", "power": power}}}, "devices.yaml")
+    assert info.value.key == key and words in str(info.value) and "device 'pi'" in str(info.value)
+
+
+def test_every_example_power_mapping_validates() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    inventory = load_inventory(str(repo / "devices.example.yaml"))
+    assert all(d.power for name, d in inventory.devices.items() if name != LOCAL)
+
+
+def test_run_with_a_wrong_power_mapping_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "devices.yaml").write_text("devices:\n  local:\n    power: {sensor: rapl, shunt_ohms: 0.1}\n")
+    (tmp_path / "m.yaml").write_text("matrix:\n  seq_len: [32]\n")
+    env = dict(os.environ, HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--devices", "local", "--matrix", "m.yaml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "devices.local.power.shunt_ohms" in proc.stderr
+    assert not (tmp_path / "harness.db").exists()

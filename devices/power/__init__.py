@@ -42,6 +42,25 @@ SENSORS: dict[str, Callable[[Mapping[str, Any], str], Sampler]] = {
 }
 
 
+_MODULES = {"jetson-ina3221": jetson_ina3221, "tegrastats": tegrastats, "rapl": rapl, "nvml": nvml,
+            "ina219": ina219, "ina260": ina260, "command": command, "estimate": estimate}
+
+
+def validate_config(config: Any) -> None:
+    """Check an inventory `power:` mapping without touching any sensor: the sensor name, unknown keys and
+    required keys. ConfigError names the key. (Values are checked when the sampler is made, on the device.)"""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"must be a mapping such as {{sensor: rapl}}, got {config!r}", key="power")
+    sensor = config.get("sensor")
+    if sensor not in SENSORS:
+        raise ConfigError(f"unknown power sensor {sensor!r}; known: {', '.join(SENSORS)}", key="sensor")
+    module = _MODULES.get(sensor)
+    check_keys(config, set(module.CONFIG_KEYS) if module else set(), sensor)
+    for key in getattr(module, "REQUIRED_KEYS", ()):
+        if key not in config:
+            raise ConfigError(f"power sensor '{sensor}' needs this key", key=key)
+
+
 def make_sampler(config: Mapping[str, Any], root: str = "/") -> Sampler:
     """The sampler an inventory `power:` mapping describes; a `root:` key in it overrides `root`."""
     if not isinstance(config, Mapping):

@@ -63,9 +63,14 @@ class CommandSampler(PowerSampler):
                 "update_interval_s": self.update_interval_s, "power_w": self.read_w()}
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"command", "interval_s", "timeout_s"}
+REQUIRED_KEYS: tuple[str, ...] = ("command",)
+
+
 def from_config(config: Mapping[str, Any], root: str, runner: Runner = run_command) -> CommandSampler:
     """`{sensor: command, command: "um25c-read --watts"[, interval_s: 1.0][, timeout_s: 5.0]}`."""
-    check_keys(config, {"command", "interval_s", "timeout_s"}, "command")
+    check_keys(config, CONFIG_KEYS, "command")
     command = get_req(config, "command", (str, list), "command")
     if isinstance(command, list) and not all(isinstance(a, str) for a in command):
         raise ConfigError("a list command must hold strings", key="command")

@@ -65,9 +65,14 @@ class EstimateSampler(PowerSampler):
                 "model": "idle_w + (tdp_w - idle_w) * u**3", "tdp_w": self.tdp_w, "idle_w": self.idle_w}
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"tdp_w", "idle_w"}
+REQUIRED_KEYS: tuple[str, ...] = ("tdp_w",)
+
+
 def from_config(config: Mapping[str, Any], root: str) -> EstimateSampler:
     """`{sensor: estimate, tdp_w: 6.4[, idle_w: 2.7]}`."""
-    check_keys(config, {"tdp_w", "idle_w"}, "estimate")
+    check_keys(config, CONFIG_KEYS, "estimate")
     tdp = float(get_req(config, "tdp_w", (int, float), "estimate"))
     idle = get_opt(config, "idle_w", (int, float), None)
     if tdp <= 0:

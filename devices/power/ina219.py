@@ -80,9 +80,14 @@ class Ina219Sampler(PowerSampler):
         self.bus.close()
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"i2c_bus", "address", "shunt_ohms", "max_amps"}
+REQUIRED_KEYS: tuple[str, ...] = ()
+
+
 def from_config(config: Mapping[str, Any], root: str, bus: I2CBus | None = None) -> Ina219Sampler:
     """`{sensor: ina219, i2c_bus: 1, address: 0x40, shunt_ohms: 0.1[, max_amps: 3.2]}`."""
-    check_keys(config, {"i2c_bus", "address", "shunt_ohms", "max_amps"}, "ina219")
+    check_keys(config, CONFIG_KEYS, "ina219")
     number = get_opt(config, "i2c_bus", int, 1)
     address = get_opt(config, "address", int, 0x40)
     shunt = float(get_opt(config, "shunt_ohms", (int, float), 0.1))

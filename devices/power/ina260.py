@@ -58,9 +58,14 @@ class Ina260Sampler(PowerSampler):
         self.bus.close()
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"i2c_bus", "address"}
+REQUIRED_KEYS: tuple[str, ...] = ()
+
+
 def from_config(config: Mapping[str, Any], root: str, bus: I2CBus | None = None) -> Ina260Sampler:
     """`{sensor: ina260, i2c_bus: 1, address: 0x40}`."""
-    check_keys(config, {"i2c_bus", "address"}, "ina260")
+    check_keys(config, CONFIG_KEYS, "ina260")
     number = get_opt(config, "i2c_bus", int, 1)
     address = get_opt(config, "address", int, 0x40)
     if not 0x40 <= address <= 0x4F:

@@ -198,7 +198,12 @@ class JetsonIna3221Sampler(PowerSampler):
                 **self.settings}
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"rail"}
+REQUIRED_KEYS: tuple[str, ...] = ()
+
+
 def from_config(config: Mapping[str, Any], root: str) -> JetsonIna3221Sampler:
     """`{sensor: jetson-ina3221[, rail: NAME]}`."""
-    check_keys(config, {"rail"}, "jetson-ina3221")
+    check_keys(config, CONFIG_KEYS, "jetson-ina3221")
     return JetsonIna3221Sampler(root, rail=get_opt(config, "rail", str, None))

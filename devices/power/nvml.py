@@ -178,8 +178,13 @@ def open_nvml(index: int = 0, backend: NvmlBackend | None = None,
     return NvmlPowerSampler(nvml, index, {**facts, "field": "power_usage"})
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"index", "library"}
+REQUIRED_KEYS: tuple[str, ...] = ()
+
+
 def from_config(config: Mapping[str, Any], root: str) -> Sampler:
     """`{sensor: nvml[, index: 0][, library: libnvidia-ml.so.1]}`."""
-    check_keys(config, {"index", "library"}, "nvml")
+    check_keys(config, CONFIG_KEYS, "nvml")
     return open_nvml(get_opt(config, "index", int, 0), library=get_opt(config, "library", str,
                                                                         "libnvidia-ml.so.1"))

@@ -109,7 +109,12 @@ class RaplSampler(CounterSampler):
                 "skipped": self.skipped, "intel_rapl_mmio_present": self.mmio_present}
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"include_dram"}
+REQUIRED_KEYS: tuple[str, ...] = ()
+
+
 def from_config(config: Mapping[str, Any], root: str) -> RaplSampler:
     """`{sensor: rapl[, include_dram: true]}`."""
-    check_keys(config, {"include_dram"}, "rapl")
+    check_keys(config, CONFIG_KEYS, "rapl")
     return RaplSampler(root, include_dram=get_opt(config, "include_dram", bool, True))

@@ -140,9 +140,14 @@ class TegrastatsSampler(PowerSampler):
                 proc.kill()
 
 
+# Keys of its inventory `power:` mapping besides `sensor` and `root`; REQUIRED_KEYS must be given.
+CONFIG_KEYS = {"interval_ms", "path", "rail"}
+REQUIRED_KEYS: tuple[str, ...] = ()
+
+
 def from_config(config: Mapping[str, Any], root: str) -> TegrastatsSampler:
     """`{sensor: tegrastats[, interval_ms: 500][, path: tegrastats][, rail: NAME]}`."""
-    check_keys(config, {"interval_ms", "path", "rail"}, "tegrastats")
+    check_keys(config, CONFIG_KEYS, "tegrastats")
     interval = get_opt(config, "interval_ms", int, 500)
     if interval < 10:
         raise ConfigError("must be >= 10 ms", key="interval_ms")
