@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -138,6 +139,11 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     if case["variant"] != "dense":
         vs_dense = accuracy(first, dense_reference(case, inputs))
         result["accuracy"].update({f"{k}_vs_dense": v for k, v in vs_dense.items()})
+    if math.isnan(result["accuracy"]["cos_sim"]):
+        # A NaN or infinite output is a broken kernel, not an unmeasured accuracy: the timing is kept, the
+        # case fails, and empty accuracy columns never read as "not measured" on an ok row.
+        result["status"] = "failed"
+        result["error"] = "the kernel's output contains NaN or infinity; accuracy is undefined"
     return result
 
 
