@@ -85,3 +85,16 @@ def link(page: str, **params: Any) -> str:
 
     query = urlencode({k: str(v) for k, v in params.items() if v is not None})
     return f"./{page}?{query}" if query else f"./{page}"
+
+
+def run_or_stop(runs: Any, *, container: Any = None, empty: str = "No runs stored yet.",
+                labels: dict[str, str] | None = None) -> str:
+    """The page's run selector (kept in the URL), or an info box and a stop when no run is stored."""
+    if runs.empty:
+        st.info(empty)
+        st.stop()
+    from dashboard.charts import run_labels
+
+    labels = labels or run_labels(runs)
+    return select("Run", list(runs["run_id"]), "run", format_func=labels.get,
+                  container=container if container is not None else st.sidebar)

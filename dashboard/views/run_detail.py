@@ -7,12 +7,8 @@ from dashboard import charts, data, urlstate
 
 url = data.page("Run detail", "Everything stored about one run on one device.")
 runs = data.runs(url)
-if runs.empty:
-    st.info("No runs stored yet.")
-    st.stop()
-labels = charts.run_labels(runs)
 side = st.sidebar
-run_id = urlstate.select("Run", list(runs["run_id"]), "run", format_func=labels.get, container=side)
+run_id = urlstate.run_or_stop(runs, container=side)
 info = data.run_info(url, run_id)
 rds = data.run_devices(url, run_id)
 device = urlstate.select("Device", list(rds["device"]), "device", container=side)

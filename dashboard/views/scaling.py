@@ -9,12 +9,8 @@ from results.queries import METRICS
 url = data.page("Scaling", "Latency against sequence length, log-log. The fitted slope is the empirical "
                            "exponent: about 2 for quadratic attention, about 1 for linear.")
 runs = data.runs(url)
-if runs.empty:
-    st.info("No runs stored yet.")
-    st.stop()
-labels = charts.run_labels(runs)
 side = st.sidebar
-run_id = urlstate.select("Run", list(runs["run_id"]), "run", format_func=labels.get, container=side)
+run_id = urlstate.run_or_stop(runs, container=side)
 rows = data.measurements(url, run_id)
 devices = sorted(rows["device"].unique())
 chosen = urlstate.multiselect("Devices", devices, "devices", container=side) or devices

@@ -10,12 +10,8 @@ url = data.page("Trade-offs", "Lower left is better on both charts. Dashed step 
                               "device and workload shape (sequence length, batch, heads, head_dim): no other "
                               "case doing the same work on that device is both faster and more accurate.")
 runs = data.runs(url)
-if runs.empty:
-    st.info("No runs stored yet.")
-    st.stop()
-labels = charts.run_labels(runs)
 side = st.sidebar
-run_id = urlstate.select("Run", list(runs["run_id"]), "run", format_func=labels.get, container=side)
+run_id = urlstate.run_or_stop(runs, container=side)
 accuracy = urlstate.select("Accuracy measure", list(charts.ACCURACY_METRICS), "accuracy",
                            format_func=charts.ACCURACY_METRICS.get, container=side)
 latency = urlstate.select("Latency", ["latency_ms_p50", "latency_ms_p90"], "latency",
