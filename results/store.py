@@ -801,10 +801,19 @@ def open_store(url: str | None = None) -> Store:
     """The store for --db / HARNESS_DB / the default, with a clear error when it cannot be opened; an older
     schema is upgraded in place, saying so on stderr."""
     url = url or os.environ.get("HARNESS_DB") or DEFAULT_DB
-    try:
-        return Store(url, announce=announce_on_stderr)
-    except OperationalError as exc:
-        raise StoreError(f"cannot open results database {url}: {exc.orig}") from None
+    # Two controllers creating a new SQLite file at once: switching it to WAL can report "locked" without
+    # waiting on the busy handler, so opening is retried for as long as a write would wait.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.05
+    while True:
+        try:
+            return Store(url, announce=announce_on_stderr)
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise StoreError(f"cannot open results database {url}: {exc.orig}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
 
 def json_default(o: Any) -> Any:
     if isinstance(o, datetime):
