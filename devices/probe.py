@@ -75,6 +75,22 @@ def governor(root: str = "/") -> str | None:
     return _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor", root)
 
 
+def cpu_sharing(root: str = "/") -> dict[str, Any]:
+    """What decides whether a measurement has the CPUs to itself (volatile; pyperf records the same): the load
+    average, the CPUs this process may use, the kernel's isolated CPUs (isolcpus=) and nohz_full CPUs."""
+    try:
+        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        load = None
+    try:
+        affinity: list[int] | None = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    return {"load_avg": load, "cpu_affinity": affinity,
+            "isolated_cpus": _read("/sys/devices/system/cpu/isolated", root) or None,
+            "nohz_full_cpus": _read("/sys/devices/system/cpu/nohz_full", root) or None}
+
+
 def os_name(root: str = "/") -> str:
     text = _read("/etc/os-release", root) or ""
     for line in text.splitlines():
@@ -146,6 +162,7 @@ def fingerprint(workdir: str | None = None, root: str = "/") -> dict[str, Any]:
         "onnxruntime": _module_version("onnxruntime"),
         "numpy": _module_version("numpy"),
         "governor": governor(root),
+        **cpu_sharing(root),
         "modules": {m: importlib.util.find_spec(m) is not None
                     for m in ("torch", "onnxruntime", "numpy", "psutil", "onnx")},
     }

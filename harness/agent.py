@@ -10,8 +10,14 @@ the controller for the `local` device and on a board over SSH. It
 - appends every result to the journal (fsync'd) before reporting it, and keeps going when its stdout goes
   away (an SSH session dropped), so a reconnect or `--resume` collects what finished meanwhile; cases
   already in the journal for this run are reported from it instead of being measured again;
-- skips, with the reason, a case whose backend is not installed in this python or that cannot fit in the
-  memory available (estimated before the worker starts; `workloads.memory`).
+- skips, with the reason, a case whose backend is not installed in this python, that cannot fit in the
+  memory available (estimated before the worker starts; `workloads.memory`) or that asks for more threads
+  than the CPUs it may use;
+- takes the device lease (`harness.lease`) before anything else, so no other run measures on this device
+  while it does: a busy device is waited for (a `waiting` record every few seconds names the holder) up to
+  the plan's `wait_timeout_s`, then the agent reports `busy` and exits;
+- with `measure.on_contention: wait`, waits (bounded) before each case until other processes leave the CPUs
+  quiet.
 
 Over SSH the controller starts it `--detach`ed (its own session, stdio off the SSH channel, a pid file), so
 every record goes to the journal, and reads the journal with `--follow`, which prints journal lines as they
@@ -27,13 +33,17 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from devices import probe
+from harness.lease import (DeviceLease, Holder, LeaseTimeout, is_agent, pid_alive, read_pid,  # noqa: F401
+                           write_pid)
 
 WORKER_START_TIMEOUT_S = 120.0
 AGENT_STARTED_AT = time.time()
@@ -112,8 +122,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | None) -> str | None:
-    """Why a case cannot run here, found before starting a worker: a missing backend or too little memory."""
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: a container's or taskset's limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | None,
+             measure_cfg: dict[str, Any] | None = None) -> str | None:
+    """Why a case cannot run here, found before starting a worker: a missing backend, too little memory,
+    or more threads than CPUs (unless measure.allow_oversubscribe)."""
     from workloads.memory import memory_skip_reason
 
     modules = caps.get("modules", {})
@@ -121,6 +141,11 @@ def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | N
         if not modules.get(module):
             return (f"{module} is not installed in the device's python ({sys.executable}); the harness never "
                     f"installs packages on a device: install it there, or leave this backend out for it")
+    threads, cpus = case.get("threads"), usable_cpus()
+    if threads and int(threads) > cpus and not (measure_cfg or {}).get("allow_oversubscribe"):
+        return (f"threads {threads} is more than the {cpus} CPU(s) this device lets the harness use: threads "
+                f"would share CPUs and time each other. Use threads <= {cpus} for this device, or set "
+                "measure.allow_oversubscribe: true to measure it anyway")
     return memory_skip_reason(case, available_mb)
 
 
@@ -200,10 +225,37 @@ class Worker:
                 self.kill()
 
 
+def take_lease(plan: dict[str, Any], reporter: Reporter) -> DeviceLease | None:
+    """The device lease for this run (waiting, with `waiting` records, while another run holds it); None
+    after reporting `busy` when the wait timed out."""
+    run_id = plan["run_id"]
+    lease = DeviceLease(plan.get("workdir") or "~/.cache/attn-harness")
+    holder = Holder(run_id=run_id, device=str(plan.get("device")), pid=os.getpid(), since=time.time(),
+                    host=socket.gethostname(), controller=plan.get("controller"))
+
+    def waiting(current: Holder | None, waited_s: float) -> None:
+        reporter.emit({"type": "waiting", "run_id": run_id, "device": plan.get("device"),
+                       "holder": asdict(current) if current else None, "waited_s": round(waited_s, 1),
+                       "wait_timeout_s": plan.get("wait_timeout_s"), "at": time.time()})
+
+    try:
+        waited = lease.acquire(holder, wait_timeout_s=plan.get("wait_timeout_s"), on_wait=waiting)
+    except LeaseTimeout as exc:
+        reporter.emit({"type": "busy", "run_id": run_id, "device": plan.get("device"), "error": str(exc),
+                       "holder": asdict(exc.holder) if exc.holder else None, "at": time.time()}, durable=True)
+        return None
+    if waited >= 0.5:
+        reporter.emit({"type": "leased", "run_id": run_id, "waited_s": round(waited, 1), "at": time.time()})
+    return lease
+
+
 def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executable) -> None:
     """Run every case in the plan, reporting as it goes. Never raises for a case-level problem."""
     run_id = plan["run_id"]
     workdir = plan.get("workdir")
+    # Held until this process exits (the kernel drops it then, however we end).
+    if take_lease(plan, reporter) is None:
+        return
     worker: Worker | None
     try:
         worker = Worker(python)
@@ -232,9 +284,15 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                 record = dict(done[case_hash], replayed=True)
                 reporter.emit(record)
                 continue
+            quiet = None
+            if measure_cfg.get("on_contention") == "wait":
+                from devices.contention import wait_for_quiet
+
+                quiet = wait_for_quiet(float(measure_cfg.get("max_cpu_other", 0.10)),
+                                       float(measure_cfg.get("contention_wait_s", 60.0)))
             reporter.emit({"type": "start", "run_id": run_id, "case_hash": case_hash, "index": index})
             started = time.time()
-            reason = precheck(case, caps, _available_mb(worker))
+            reason = precheck(case, caps, _available_mb(worker), measure_cfg)
             if reason:
                 reporter.emit({"type": "result", "run_id": run_id, "device": plan.get("device"),
                                "case_hash": case_hash, "index": index, "status": "skipped", "error": reason,
@@ -265,6 +323,13 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                 answer["finished_at"] = time.time()
             record = {"type": "result", "run_id": run_id, "device": plan.get("device"), "case_hash": case_hash,
                       "index": index, **answer}
+            if quiet is not None:
+                record["contention_wait"] = quiet
+            if case.get("threads") and int(case["threads"]) > usable_cpus():
+                record["oversubscribed"] = {"threads": case["threads"], "cpus": usable_cpus()}
+                record["notes"] = [*(record.get("notes") or []),
+                                   f"threads {case['threads']} oversubscribes the {usable_cpus()} CPU(s) "
+                                   "(measure.allow_oversubscribe): its threads share CPUs"]
             reporter.emit(record, durable=True)
         # Before the worker's teardown (a second or more with torch loaded): nothing is left to wait for.
         reporter.emit({"type": "done", "run_id": run_id, "at": time.time()}, durable=reporter.detached)
@@ -280,34 +345,6 @@ def iter_plan_source(path: str | None) -> Iterator[str]:
         yield sys.stdin.read()
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True while `pid` runs (a zombie counts as gone: where PID 1 does not reap, kill -0 would lie)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def is_agent(pid: int | None) -> bool:
-    """True while `pid` runs and is an agent (a recycled pid of an unrelated process is not)."""
-    if not pid_alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"harness.agent" in fh.read()
-    except OSError:
-        return True  # no /proc: trust kill -0
-
-
 def stop_agent(pid_file: Path) -> str:
     """SIGKILL the agent in `pid_file` and its worker (its process group); says what it did."""
     pid = read_pid(pid_file)
@@ -319,13 +356,6 @@ def stop_agent(pid_file: Path) -> str:
     except (ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
     return f"killed agent {pid}"
-
-
-def read_pid(pid_file: Path | None) -> int | None:
-    try:
-        return int(pid_file.read_text().strip()) if pid_file else None
-    except (OSError, ValueError):
-        return None
 
 
 def detach(pid_file: Path, log: Path, stay: bool = False) -> int | None:
@@ -357,9 +387,7 @@ def detach(pid_file: Path, log: Path, stay: bool = False) -> int | None:
     log.parent.mkdir(parents=True, exist_ok=True)
     os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), 2)
     sys.stdout = open(os.devnull, "w")
-    tmp = pid_file.with_name(pid_file.name + ".tmp")
-    tmp.write_text(str(os.getpid()))
-    os.replace(tmp, pid_file)
+    write_pid(pid_file)
     os.write(write_end, str(os.getpid()).encode())
     os.close(write_end)
     return None
@@ -461,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             except BrokenPipeError:
                 pass
             return 0
+    elif pid_file is not None:
+        write_pid(pid_file)  # a local agent: `--resume` checks it is gone before starting another
     reporter = Reporter(journal, detached=args.detach)
     run_plan(plan, reporter)
     return 0

@@ -22,11 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_SOURCES: tuple[tuple[str, bool], ...] = (
     ("harness/__init__.py", False),
     ("harness/agent.py", False),
+    ("harness/lease.py", False),
     ("harness/worker.py", False),
     ("workloads", True),
     ("kernels", True),
     ("devices/__init__.py", False),
     ("devices/probe.py", False),
+    ("devices/contention.py", False),
     ("devices/thermal.py", False),
     ("devices/power", True),
 )

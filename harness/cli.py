@@ -27,6 +27,27 @@ inventory_option = click.option("--inventory", "inventory", default=None, metava
                                 help="Device inventory (env HARNESS_INVENTORY; default devices.yaml).")
 
 
+def _wait_timeout(ctx: Any, param: Any, value: str) -> float | None:
+    """Seconds to wait for a device another run holds: a number >= 0 (0: do not wait), or 'none' (no limit)."""
+    import math
+
+    if value.strip().lower() in ("none", "inf", "forever"):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of seconds (or 'none' for no limit)") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise click.BadParameter(f"{value!r}: give seconds >= 0 (0: do not wait), or 'none' for no limit")
+    return seconds
+
+
+wait_timeout_option = click.option(
+    "--wait-timeout", "wait_timeout", default="3600", show_default=True, metavar="SECONDS", callback=_wait_timeout,
+    help="How long to wait for a device another run is measuring on (0: do not wait; 'none': no limit). A device "
+         "still busy after that ends 'busy' and the run can be resumed.")
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "-"
@@ -48,10 +69,14 @@ def cli() -> None:
 @click.option("--tag", default=None, help="A label stored with the run.")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Run only the cases of RUN_ID not yet stored.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded cases per device and exit.")
+@wait_timeout_option
+@click.option("--stop-stale", is_flag=True,
+              help="With --resume: stop agents of that run still measuring on its devices (their controller died) "
+                   "instead of refusing.")
 @db_option
 @inventory_option
 def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | None, dry_run: bool,
-        db: str | None, inventory: str | None) -> None:
+        wait_timeout: float | None, stop_stale: bool, db: str | None, inventory: str | None) -> None:
     """Expand a sweep matrix, run it on devices, store every result as it arrives."""
     from devices.inventory import load_inventory
     from harness.controller import run_sweep
@@ -67,15 +92,29 @@ def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | Non
         if dry_run:
             _print_plan(outcome.plan)
             return
+    if stop_stale and not resume:
+        raise HarnessError("--stop-stale goes with --resume RUN_ID (it stops that run's leftover agents)")
     store = open_store(db)
-    with ProgressView(console) as view:
+    with ProgressView(console, err_console) as view:
         outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, resume=resume,
-                            dry_run=dry_run, events=view.event)
+                            dry_run=dry_run, events=view.event, wait_timeout_s=wait_timeout, stop_stale=stop_stale)
     if outcome.dry_run:
         _print_plan(outcome.plan)
         return
-    _print_summary(store, outcome)
+    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
     sys.exit(outcome.exit_code)
+
+
+def _resume_command(run_id: str, db: str | None, inventory: str | None) -> str:
+    """The command that resumes a run, with the --db and --inventory this one was given (pasteable)."""
+    import shlex
+
+    parts = ["harness", "run", "--resume", run_id]
+    if db:
+        parts += ["--db", db]
+    if inventory:
+        parts += ["--inventory", inventory]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _print_plan(plan: Mapping[str, list[dict[str, Any]]]) -> None:
@@ -87,21 +126,34 @@ def _print_plan(plan: Mapping[str, list[dict[str, Any]]]) -> None:
             console.print(escape(f"  {item['hash']}  {case_label(item['case'])}"))
 
 
-def _print_summary(store: Any, outcome: Any) -> None:
+def _cpu_other(r: Mapping[str, Any]) -> str:
+    """Other processes' share of the CPUs during the window; '!' marks a contended case."""
+    if r.get("cpu_other") is None:
+        return "-"
+    return f"{r['cpu_other']:.0%}" + ("!" if r.get("contended") else "")
+
+
+def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> None:
     from results.exchange import export_rows
 
     rows = export_rows(store, [outcome.run_id])
     table = Table(title=f"run {outcome.run_id} ({outcome.status})")
     for col in ("device", "case", "status", "p50 ms", "p90 ms", "n", "peak MB", "cos_sim", "rel_err",
-                "mJ/inf"):
+                "mJ/inf", "cpu other"):
         table.add_column(col, justify="right" if col not in ("device", "case", "status") else "left")
     from workloads.spec import case_label
 
     for r in rows:
         table.add_row(r["device"], case_label(r), r["status"], _fmt(r["latency_ms_p50"]), _fmt(r["latency_ms_p90"]),
                       _fmt(r["n_samples"]), _fmt(r["peak_mem_mb"], 0), _fmt(r["cos_sim"], 6), _fmt(r["rel_err"], 4),
-                      _fmt(r["energy_mj_per_inf"]))
+                      _fmt(r["energy_mj_per_inf"]), _cpu_other(r))
     console.print(table)
+    contended = [r for r in rows if r.get("contended")]
+    if contended:
+        worst = max(r["cpu_other"] for r in contended)
+        err_console.print(f"[yellow]warning:[/] {len(contended)} case(s) were measured while other processes used "
+                          f"the CPUs (up to {worst:.0%}; marked '!'): their latencies are not a quiet device's. "
+                          "Stop the other load, or set measure.on_contention: wait (or retry), and re-run them.")
     for r in rows:
         if r["status"] in ("failed", "timeout", "skipped") and r["error"]:
             console.print(f"[yellow]{r['status']}[/] " + escape(f"{r['device']} {case_label(r)}: {r['error']}"))
@@ -109,9 +161,10 @@ def _print_summary(store: Any, outcome: Any) -> None:
         if d.status != "complete":
             console.print(f"[red]device {escape(name)}: {d.status}[/] " + escape(d.error or ""))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "nothing stored"
-    console.print(f"run id [bold]{outcome.run_id}[/]: {outcome.status}; {counts}")
-    if outcome.status in ("partial", "interrupted"):
-        console.print(f"resume with: harness run --resume {outcome.run_id}")
+    why = f" ({outcome.error})" if getattr(outcome, "error", None) else ""
+    console.print(f"run id [bold]{outcome.run_id}[/]: {outcome.status}{escape(why)}; {counts}")
+    if outcome.status in ("partial", "interrupted", "abandoned", "failed"):
+        console.print("resume with: " + escape(resume_hint or f"harness run --resume {outcome.run_id}"))
 
 
 # -- kernels ---------------------------------------------------------------------------------------------
@@ -136,20 +189,58 @@ def devices() -> None:
 
 
 @devices.command("list")
+@click.option("--offline", is_flag=True, help="Do not ask the devices who holds them (no SSH connections).")
 @inventory_option
-def devices_list(inventory: str | None) -> None:
-    """List the devices in the inventory."""
+def devices_list(offline: bool, inventory: str | None) -> None:
+    """List the devices in the inventory and which run holds each (the device lease)."""
     from devices.inventory import load_inventory
 
     inv = load_inventory(inventory)
+    holders = {} if offline else _lease_holders(inv)
     table = Table(title=inv.path or "built-in (no devices.yaml)")
-    for col in ("name", "host", "user", "python", "power", "tags"):
+    for col in ("name", "host", "user", "python", "power", "tags", "held by"):
         table.add_column(col)
     for d in inv.devices.values():
         host = "(this machine)" if d.is_local else f"{d.host}:{d.port or 22}"
-        table.add_row(d.name, host, d.user or "-", d.python or "-", (d.power or {}).get("sensor", "-"),
-                      ",".join(d.tags) or "-")
+        table.add_row(escape(d.name), escape(host), escape(d.user or "-"), escape(d.python or "-"),
+                      escape((d.power or {}).get("sensor", "-")), escape(",".join(d.tags) or "-"),
+                      escape(holders.get(d.name, "not asked (--offline)")))
     console.print(table)
+
+
+def _lease_holders(inv: Any) -> dict[str, str]:
+    """Per device: 'free', 'run X since T (...)', or why it could not be asked; devices asked in parallel,
+    each bounded by its connect timeout and the transport's command deadline."""
+    import threading
+    import time
+
+    from harness.controller import transport_for
+
+    out: dict[str, str] = {}
+
+    def ask(device: Any) -> None:
+        transport = None
+        try:
+            transport = transport_for(device, inv)
+            holder = transport.lease_status().get("holder")  # type: ignore[attr-defined]
+            if not holder:
+                out[device.name] = "free"
+            else:
+                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder["since"]))
+                out[device.name] = f"run {holder['run_id']} since {since} (agent pid {holder['pid']})"
+        except HarnessError as exc:
+            out[device.name] = f"unknown: {str(exc)[:120]}"
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+
+    threads = [threading.Thread(target=ask, args=(d,), daemon=True) for d in inv.devices.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
 
 
 @devices.command("check")
@@ -251,10 +342,11 @@ def results_show(run_id: str, db: str | None) -> None:
 
     store = open_store(db)
     run_row = store.get_run(run_id)
-    outcome = RunOutcome(run_id=run_row.id, status=run_row.status,
-                         devices={n: DeviceOutcome(n, status="complete") for n in store.run_devices(run_row.id)},
-                         counts=store.status_counts(run_row.id))
-    _print_summary(store, outcome)
+    outcome = RunOutcome(run_id=run_row.id, status=store.run_state(run_row),
+                         devices={n: DeviceOutcome(n, status=st, error=err)
+                                  for n, (st, err) in store.run_device_states(run_row.id).items()},
+                         counts=store.status_counts(run_row.id), error=run_row.error)
+    _print_summary(store, outcome, resume_hint=_resume_command(run_row.id, db, None))
 
 
 @results.command("export")
@@ -424,10 +516,11 @@ def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha:
               help="Markdown report (default nightly-<run id>.md).")
 @click.option("--min-effect", default=0.05, show_default=True)
 @click.option("--alpha", default=0.001, show_default=True)
+@wait_timeout_option
 @db_option
 @inventory_option
 def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, min_effect: float, alpha: float,
-            db: str | None, inventory: str | None) -> None:
+            wait_timeout: float | None, db: str | None, inventory: str | None) -> None:
     """Run the sweep, then regress the newest run against history, then write the markdown report."""
     from devices.inventory import load_inventory
     from harness.controller import run_sweep
@@ -439,9 +532,13 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
     inv = load_inventory(inventory)
     run_sweep(inv, None, devices=devices, matrix_path=matrix, dry_run=True)  # validate before writing
     store = open_store(db)
-    with ProgressView(console) as view:
-        outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event)
-    _print_summary(store, outcome)
+    with ProgressView(console, err_console) as view:
+        outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event,
+                            wait_timeout_s=wait_timeout)
+    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
+    if outcome.status == "interrupted":
+        # Stopped (systemd's SIGTERM, say): no regression verdict from a half-measured night.
+        sys.exit(outcome.exit_code)
     findings = _regress(store, devices, False, min_effect, alpha, ["latency_ms"])
     path = report_path or f"nightly-{outcome.run_id}.md"
     text = findings_markdown(findings, title=f"attn-harness nightly, run {outcome.run_id} ({outcome.status})",

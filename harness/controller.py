@@ -3,7 +3,18 @@
 `run_sweep(...)` is the keyword API the CLI and the nightly job call. One thread per device talks to that
 device's agent (a local subprocess, or over SSH); the calling thread is the only one that writes to the
 database, one transaction per result, so an interrupted run loses nothing it had received. A device that
-fails never stops the others: its part ends `unreachable` or `failed` and the run ends `partial`.
+fails never stops the others: its part ends `unreachable`, `busy` or `failed` and the run ends `partial`.
+
+Every way a run ends is recorded:
+- SIGINT, SIGTERM (systemd, `timeout`) and SIGHUP (a closed terminal) stop the agents on every device,
+  mark the run `interrupted` with the signal's name, keep every stored result and exit 130/143/129. The
+  handlers only set a flag the loop checks twice a second: raising from a handler mid-write could leave a
+  transaction half done.
+- A database error mid-run (a full disk) stops the agents and marks the run `failed` with the reason when
+  the database still takes that write; the agents' journals keep what they finished for `--resume`.
+- A controller that dies without a chance to clean up (SIGKILL, OOM, power loss) leaves a `running` run
+  whose process is gone or whose heartbeat is stale: it reads as `abandoned` (`results.store.run_state`),
+  and `--resume` refuses while an agent of that run is still alive on any device (`--stop-stale` stops it).
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import os
 import queue
 import select
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -20,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from devices.inventory import DeviceConfig, Inventory
+from harness import lease
 from kernels.registry import lookup
 from results.store import HEARTBEAT_INTERVAL_S, Store
-from workloads.errors import ConfigError, DeviceError, HarnessError, NotRegisteredError
+from workloads.errors import ConfigError, DeviceError, HarnessError, NotRegisteredError, StoreError
 from workloads.matrix import Sweep, parse_matrix
 from workloads.spec import case_hash, case_label
 from workloads.stats import instability_warning
@@ -31,6 +46,52 @@ from workloads.stats import instability_warning
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Extra seconds past a case's timeout before the controller gives up on a silent agent.
 AGENT_SILENCE_GRACE_S = 90.0
+# How long a run waits for a device another run holds, unless --wait-timeout says otherwise.
+DEFAULT_WAIT_TIMEOUT_S = 3600.0
+# How often the loop looks at the stop flag (and the inbox).
+POLL_S = 0.2
+# Signals that end a run the way Ctrl-C does, and the exit status each gives (128 + the signal's number).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def exit_code_for(signum: int) -> int:
+    return 128 + int(signum)
+
+
+class RunFailed(StoreError):
+    """The results database failed mid-run (disk full, connection lost): the run was stopped."""
+
+    exit_code = 1
+
+
+class StopRequest:
+    """SIGINT/SIGTERM/SIGHUP turned into a flag the controller's loop checks (installed on the main thread
+    only; elsewhere, as in tests that drive `run_sweep` from a thread, signals keep their handlers)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.event.set()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a stop request"
 
 
 class AgentSession(Protocol):
@@ -51,34 +112,42 @@ class LocalAgent:
     def __init__(self, device: DeviceConfig, plan: Mapping[str, Any], code_root: Path = REPO_ROOT) -> None:
         workdir = Path(os.path.expanduser(device.workdir))
         workdir.mkdir(parents=True, exist_ok=True)
-        self.journal = workdir / "journal" / f"{plan['run_id']}-{device.name}.jsonl"
+        stem = lease.run_file_stem(str(workdir), str(plan["run_id"]), device.name)
+        self.journal = Path(stem + ".jsonl")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
         # cwd is the code root too: `python -m` puts the working directory first on sys.path.
         self.proc = subprocess.Popen(
-            [device.python or "python3", "-m", "harness.agent", "--plan", "-", "--journal", str(self.journal)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
-            cwd=str(code_root))
+            [device.python or "python3", "-m", "harness.agent", "--plan", "-", "--journal", str(self.journal),
+             "--pid-file", stem + ".pid"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True, cwd=str(code_root))
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(plan))
+        self.proc.stdin.write(json.dumps(plan).encode())
         self.proc.stdin.close()
 
     def lines(self, silence_timeout_s: float) -> Iterator[dict[str, Any]]:
+        # Raw reads of whatever the pipe holds, split here: a buffered reader after select() sits on lines
+        # it already read (a case's `start` line then showed only when the case had finished).
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buf = b""
         while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], silence_timeout_s)
+            ready, _, _ = select.select([fd], [], [], silence_timeout_s)
             if not ready:
                 raise DeviceError(f"the agent said nothing for {silence_timeout_s:.0f} s; it was stopped")
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 code = self.proc.wait()
                 if code != 0:
                     raise DeviceError(f"the agent exited with status {code} before finishing")
                 return
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn line from a killed agent: the journal has the durable copy
+            buf += chunk
+            *complete, buf = buf.split(b"\n")
+            for line in complete:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn line from a killed agent: the journal has the durable copy
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -92,9 +161,17 @@ class LocalAgent:
 class LocalTransport:
     def __init__(self, device: DeviceConfig) -> None:
         self.device = device
+        self.workdir = Path(os.path.expanduser(device.workdir))
 
     def start(self, plan: dict[str, Any]) -> AgentSession:
         return LocalAgent(self.device, plan)
+
+    def lease_status(self, run_id: str | None = None) -> dict[str, Any]:
+        """Who holds this device, and (with `run_id`) the live agents of that run here."""
+        return lease.status(self.workdir, run_id, self.device.name if run_id else None)
+
+    def stop_agents(self, run_id: str) -> list[int]:
+        return lease.stop_agents(lease.agents_of_run(self.workdir, run_id, self.device.name))
 
 
 def transport_for(device: DeviceConfig, inventory: Inventory) -> Transport:
@@ -108,7 +185,7 @@ def transport_for(device: DeviceConfig, inventory: Inventory) -> Transport:
 @dataclass
 class DeviceOutcome:
     name: str
-    status: str = "pending"  # complete, unreachable, failed, interrupted
+    status: str = "pending"  # complete, unreachable, busy, failed, interrupted
     error: str | None = None
     planned: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -124,11 +201,14 @@ class RunOutcome:
     plan: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Every stored measurement of the run by status (a resumed run includes the earlier ones).
     counts: dict[str, int] = field(default_factory=dict)
+    # The signal that interrupted the run, and why it ended as it did when not by finishing.
+    signum: int | None = None
+    error: str | None = None
 
     @property
     def exit_code(self) -> int:
         if self.status == "interrupted":
-            return 130
+            return exit_code_for(self.signum or signal.SIGINT)
         bad = self.counts.get("failed", 0) + self.counts.get("timeout", 0)
         return 1 if bad or self.status != "complete" else 0
 
@@ -171,8 +251,13 @@ def check_registered(sweep: Sweep, file: str) -> None:
 def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], matrix_path: str | None = None,
               sweep: Sweep | None = None, tag: str | None = None, resume: str | None = None,
               dry_run: bool = False, events: Events = _no_events,
-              transport_factory: Callable[[DeviceConfig, Inventory], Transport] = transport_for) -> RunOutcome:
-    """Expand the matrix, plan per device, run, and store each result as it arrives."""
+              transport_factory: Callable[[DeviceConfig, Inventory], Transport] = transport_for,
+              wait_timeout_s: float | None = DEFAULT_WAIT_TIMEOUT_S, stop_stale: bool = False) -> RunOutcome:
+    """Expand the matrix, plan per device, run, and store each result as it arrives.
+
+    `wait_timeout_s`: how long a device held by another run is waited for (None: no limit, 0: not at all).
+    `stop_stale` (with `resume`): stop agents of that run still alive on its devices instead of refusing."""
+    planted = planted_slowdown_from_env()  # a bad value is refused here, before anything runs
     if resume:
         if store is None:
             raise HarnessError("--resume needs the results database")
@@ -213,6 +298,71 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
                           dry_run=True, plan=plans)
     assert store is not None
     if resume:
+        # Asked before the run is taken over: an agent of it that measures on (its controller was killed)
+        # would otherwise race the new one for the device.
+        stale = find_stale_agents(inventory, [c for c in configs if plans[c.name]], run_id, transport_factory,
+                                  stop=stop_stale)
+        if stale:
+            raise HarnessError(f"run {run_id} still has agents running: {stale}. Their controller is gone but they "
+                               "measure on; wait for them to finish, or stop them with: harness run --resume "
+                               f"{run_id} --stop-stale")
+    stop_request = StopRequest()
+    stop_request.install()
+    try:
+        return _run(inventory, store, sweep, configs, names, plans, run_id, resume, tag, events,
+                    transport_factory, wait_timeout_s, stop_request, planted)
+    finally:
+        stop_request.restore()
+
+
+def find_stale_agents(inventory: Inventory, configs: list[DeviceConfig], run_id: str,
+                      transport_factory: Callable[[DeviceConfig, Inventory], Transport], *, stop: bool) -> str:
+    """Agents of `run_id` still alive on these devices, described ('' when none); with `stop`, stop them
+    first. A device that cannot be asked is not counted: its lease still keeps two agents from measuring at
+    once, and its part of the run ends unreachable if it stays so."""
+    found: dict[str, str] = {}
+
+    def ask(config: DeviceConfig) -> None:
+        transport = transport_factory(config, inventory)
+        if not hasattr(transport, "lease_status"):
+            return
+        try:
+            if stop:
+                transport.stop_agents(run_id)  # type: ignore[attr-defined]
+            pids = transport.lease_status(run_id).get("agents") or []  # type: ignore[attr-defined]
+        except HarnessError:
+            return
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+        if pids:
+            found[config.name] = f"{config.name} (agent pid {', '.join(map(str, pids))})"
+
+    threads = [threading.Thread(target=ask, args=(c,), daemon=True) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return "; ".join(found[c.name] for c in configs if c.name in found)
+
+
+def _controller_id() -> str:
+    """"user@host pid N": who started a run, shown to whoever waits for the device it holds."""
+    try:
+        import getpass
+
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in a container
+        user = "?"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _run(inventory: Inventory, store: Store, sweep: Sweep, configs: list[DeviceConfig], names: list[str],
+         plans: dict[str, list[dict[str, Any]]], run_id: str, resume: str | None, tag: str | None,
+         events: Events, transport_factory: Callable[[DeviceConfig, Inventory], Transport],
+         wait_timeout_s: float | None, stop_request: StopRequest, planted: dict[str, int] | None) -> RunOutcome:
+    if resume:
         store.reopen_run(run_id)
     else:
         run_id = store.create_run(matrix_name=sweep.name, matrix_text=sweep.source, measure=sweep.measure.to_dict(),
@@ -223,26 +373,37 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     cases_by_hash = {case_hash(c): c for c in sweep.cases}
     inbox: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
     sessions: dict[str, AgentSession] = {}
+    sessions_lock = threading.Lock()
     stop = threading.Event()
     silence = sweep.measure.timeout_s + AGENT_SILENCE_GRACE_S
+    controller = _controller_id()
 
     def drive(config: DeviceConfig) -> None:
         name = config.name
         plan = {"run_id": run_id, "device": name, "cases": plans[name], "measure": sweep.measure.to_dict(),
                 "workdir": config.workdir, "power": dict(config.power) if config.power else None, "seed": 0,
-                "test_slowdown": planted_slowdown_from_env()}
+                "test_slowdown": planted, "wait_timeout_s": wait_timeout_s, "controller": controller}
         try:
             if not plans[name]:
                 inbox.put((name, "end", {"status": "complete"}))
                 return
             session = transport_factory(config, inventory).start(plan)
-            sessions[name] = session
+            with sessions_lock:
+                sessions[name] = session
+                stopped_meanwhile = stop.is_set()
+            if stopped_meanwhile:  # the run was stopped while this agent started: it must not run on
+                _stop_quietly(session)
+                return
             finished = False
             for record in session.lines(silence):
                 if stop.is_set():
                     break
-                inbox.put((name, record.get("type", "?"), record))
-                if record.get("type") == "done":
+                kind = record.get("type", "?")
+                if kind == "busy":  # the device stayed held by another run past the wait timeout
+                    inbox.put((name, "end", {"status": "busy", "error": record.get("error")}))
+                    return
+                inbox.put((name, kind, record))
+                if kind == "done":
                     finished = True
             if stop.is_set():
                 return
@@ -251,6 +412,8 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
             else:
                 inbox.put((name, "end", {"status": "failed", "error": "the agent stopped before finishing"}))
         except HarnessError as exc:
+            if stop.is_set():
+                return
             # A transport may say what the device's state is (lost mid-run: unreachable, not failed).
             status = getattr(exc, "device_status", None) or ("unreachable" if name not in sessions else "failed")
             inbox.put((name, "end", {"status": status, "error": str(exc)}))
@@ -258,54 +421,99 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
             inbox.put((name, "end", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}))
 
     threads = [threading.Thread(target=drive, args=(c,), name=f"device-{c.name}", daemon=True) for c in configs]
+
+    def stop_all() -> None:
+        """Stop every agent, in parallel (each may be a bounded SSH command), then let the threads end."""
+        with sessions_lock:
+            stop.set()
+            started = list(sessions.values())
+        stoppers = [threading.Thread(target=_stop_quietly, args=(sess,), daemon=True) for sess in started]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(timeout=30)
+        for t in threads:
+            t.join(timeout=5)
+
+    def drain() -> None:
+        """Store what arrived before the stop (results; the devices' ends are decided by the caller)."""
+        while True:
+            try:
+                name, kind, record = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind != "end":
+                _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events, sweep)
+
     for t in threads:
         t.start()
     running = set(names)
     next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
     try:
-        while running:
+        while running and not stop_request.event.is_set():
             if time.monotonic() >= next_beat:  # a fresh heartbeat makes other controllers refuse --resume
                 store.heartbeat(run_id)
                 next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
             try:
-                name, kind, record = inbox.get(timeout=0.5)
+                name, kind, record = inbox.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events)
+            _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events, sweep)
             if kind == "end":
                 running.discard(name)
-    except KeyboardInterrupt:
-        stop.set()
-        for session in list(sessions.values()):
-            session.stop()
-        # Keep everything already received.
-        while True:
-            try:
-                name, kind, record = inbox.get_nowait()
-            except queue.Empty:
-                break
-            if kind != "end":
-                _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events)
-        for name in running:
-            outcome.devices[name].status = "interrupted"
-            store.set_run_device(run_id, name, status="interrupted")
-        outcome.status = "interrupted"
+        if stop_request.event.is_set():
+            events("", "stopping", {"run_id": run_id, "signal": stop_request.name})
+            stop_all()
+            drain()  # keep everything already received
+            reason = f"stopped by {stop_request.name}"
+            for name in running:
+                outcome.devices[name].status = "interrupted"
+                store.set_run_device(run_id, name, status="interrupted", error=reason)
+            outcome.status = "interrupted"
+            outcome.signum = stop_request.signum or signal.SIGINT
+            outcome.error = reason
+            outcome.counts = store.status_counts(run_id)
+            store.finish_run(run_id, "interrupted", error=reason)
+            events("", "interrupted", {"run_id": run_id, "signal": stop_request.name})
+            return outcome
+        for t in threads:
+            t.join(timeout=5)
+        complete = all(d.status == "complete" for d in outcome.devices.values())
+        outcome.status = "complete" if complete else "partial"
         outcome.counts = store.status_counts(run_id)
-        store.finish_run(run_id, "interrupted")
-        events("", "interrupted", {"run_id": run_id})
-        return outcome
-    for t in threads:
-        t.join(timeout=5)
-    complete = all(d.status == "complete" for d in outcome.devices.values())
-    outcome.status = "complete" if complete else "partial"
-    outcome.counts = store.status_counts(run_id)
-    store.finish_run(run_id, outcome.status)
+        store.finish_run(run_id, outcome.status)
+    except (SQLAlchemyError, OSError) as exc:
+        stop_all()
+        raise _database_failed(store, run_id, exc) from None
     events("", "finished", {"run_id": run_id, "status": outcome.status})
     return outcome
 
 
+def _stop_quietly(session: AgentSession) -> None:
+    try:
+        session.stop()
+    except Exception:  # stopping is best effort: a device that went away cannot be stopped
+        pass
+
+
+def _database_failed(store: Store, run_id: str, exc: BaseException) -> RunFailed:
+    """The run marked failed with the database's reason (where the database still takes that write), and
+    the error that says what happened and how to go on."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = f"the results database failed mid-run: {type(orig).__name__}: {orig}"
+    try:
+        store.finish_run(run_id, "failed", error=reason)
+        marked = "the run is marked failed"
+    except Exception:
+        marked = "the run could not even be marked failed (it shows as abandoned)"
+    return RunFailed(f"{reason}; the agents were stopped and {marked}. Every result stored before stays, and "
+                     "the devices' journals keep what finished after. Fix the database (free disk space?), then: "
+                     f"harness run --resume {run_id}")
+
+
 def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, Any],
-            cases_by_hash: Mapping[str, Mapping[str, Any]], outcome: RunOutcome, events: Events) -> None:
+            cases_by_hash: Mapping[str, Mapping[str, Any]], outcome: RunOutcome, events: Events,
+            sweep: Sweep) -> None:
     device = outcome.devices[name]
     if kind == "hello":
         store.set_run_device(run_id, name, status="running", fingerprint=record.get("fingerprint"))
@@ -319,7 +527,10 @@ def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, A
         if case is None or record.get("run_id") != run_id:
             return  # not ours (a stale journal line): never store it under this run
         if record.get("samples_ms") and not record.get("replayed"):
-            warning = instability_warning(record["samples_ms"], case_label(case), name, device.governor)
+            warning = instability_warning(
+                record["samples_ms"], case_label(case), name, device.governor, cpu_other=record.get("cpu_other"),
+                max_cpu_other=sweep.measure.max_cpu_other, throttled=(record.get("thermal") or {}).get("throttled"),
+                warmup_extended=bool(record.get("warmup_extended")), min_samples=sweep.measure.min_samples)
             if warning:
                 record = {**record, "notes": [*(record.get("notes") or []), warning]}
         stored = store.add_result(run_id, name, case, record)
@@ -328,6 +539,8 @@ def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, A
         events(name, "result", {**record, "case": case, "stored": stored.stored})
     elif kind == "start":
         events(name, "start", {**record, "case": cases_by_hash.get(record.get("case_hash", ""))})
+    elif kind in ("waiting", "leased"):
+        events(name, kind, record)
     elif kind == "end":
         device.status = record["status"]
         device.error = record.get("error")

@@ -14,8 +14,11 @@ from workloads.spec import case_label
 class ProgressView:
     """Receives the controller's events (device, kind, payload) and renders them."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, err_console: Console | None = None) -> None:
         self.console = console
+        # Warnings and waits go to stderr, so a script reading stdout gets only results.
+        self.err = err_console or console
+        self.waiting_on: dict[str, Any] = {}
         self.progress = Progress(TextColumn("{task.fields[device]:<12}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
                                  TimeRemainingColumn(), console=console, transient=False)
@@ -39,12 +42,45 @@ class ProgressView:
         elif kind == "result" and device in self.tasks:
             self.progress.advance(self.tasks[device])
             for note in payload.get("notes") or []:
-                self.console.print("[yellow]warning:[/] " + escape(note))
+                self.err.print("[yellow]warning:[/] " + escape(note))
             if payload.get("status") in ("failed", "timeout"):
                 self.console.print(f"[red]{payload['status']}[/] " +
                                    escape(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))
+        elif kind == "waiting" and device in self.tasks:
+            holder = payload.get("holder") or {}
+            key = (holder.get("run_id"), holder.get("pid"))
+            if self.waiting_on.get(device) != key:  # once per holder, not every few seconds
+                self.waiting_on[device] = key
+                self.err.print("[yellow]waiting[/] for " + escape(f"{device} ({_held_by(holder)}); ") +
+                               escape(_wait_limit(payload.get("wait_timeout_s"))))
+            self.progress.update(self.tasks[device], status=f"waiting {payload.get('waited_s', 0):.0f} s")
+        elif kind == "leased" and device in self.tasks:
+            self.err.print(escape(f"{device} is free: waited {payload.get('waited_s', 0):.0f} s"))
+            self.progress.update(self.tasks[device], status="starting")
         elif kind == "end" and device in self.tasks:
             self.progress.update(self.tasks[device], status=payload["status"])
+        elif kind == "stopping":
+            self.err.print(f"[yellow]{escape(payload.get('signal') or 'stop')} received[/]: stopping the agents; "
+                           "every result received is kept")
         elif kind == "interrupted":
-            self.console.print(f"[yellow]interrupted[/]: every result received is stored. "
-                               f"Resume with: harness run --resume {payload['run_id']}")
+            self.err.print("[yellow]interrupted[/]: every result received is stored")
+
+
+def _held_by(holder: Mapping[str, Any]) -> str:
+    """'held by run X since T' from a lease holder record."""
+    if not holder:
+        return "held by another run"
+    import time
+
+    since = holder.get("since")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else "?"
+    by = f" of {holder['controller']}" if holder.get("controller") else ""
+    return f"held by run {holder.get('run_id')}{by} since {when}"
+
+
+def _wait_limit(seconds: Any) -> str:
+    if seconds is None:
+        return "waiting without a limit"
+    if not seconds:
+        return "not waiting (--wait-timeout 0)"
+    return f"waiting up to {float(seconds):.0f} s (--wait-timeout)"

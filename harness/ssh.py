@@ -46,7 +46,9 @@ from typing import Any, Iterator
 import paramiko
 
 from devices.inventory import DeviceConfig, Inventory
+from harness import lease
 from harness.bundle import COMPLETE_MARKER, REPO_ROOT, Bundle, build_bundle
+from harness.lease import run_file_stem, safe_component  # noqa: F401 (safe_component: also for callers)
 from workloads.errors import DeviceError
 
 log = logging.getLogger("harness.ssh")
@@ -168,12 +170,6 @@ def rpath(path: str) -> str:
     return shlex.quote(path)
 
 
-def safe_component(text: str) -> str:
-    """A file-name part for any string (device names may hold anything): readable prefix + short hash."""
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:40] or "x"
-    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
 @dataclass(frozen=True)
 class RemotePaths:
     """Where a device keeps one run's files (raw paths; quote them with `rpath`)."""
@@ -186,10 +182,12 @@ class RemotePaths:
 
     @classmethod
     def of(cls, workdir: str, digest: str, run_id: str, device: str) -> "RemotePaths":
-        stem = posixpath.join(workdir, "journal", f"{safe_component(run_id)}-{safe_component(device)}")
+        stem = run_file_stem(workdir, run_id, device)
         return cls(bundle=posixpath.join(workdir, "bundles", digest), journal=stem + ".jsonl",
                    plan=stem + ".plan.json", pid=stem + ".pid", log=stem + ".log")
 
+
+LEASE_SOURCE = Path(lease.__file__).read_bytes()
 
 _bundle_lock = threading.Lock()
 _bundle_cache: dict[str, tuple[Bundle, bytes]] = {}
@@ -445,6 +443,26 @@ class SSHTransport:
     def start(self, plan: dict[str, Any]) -> "SSHAgentSession":
         return SSHAgentSession(self, plan)
 
+    def _lease_call(self, action: str, run_id: str | None = None) -> dict[str, Any]:
+        """Run harness/lease.py's `main` on the device with its python: the source goes in on stdin, so no
+        bundle is needed; every argument is quoted."""
+        args = [action] + ([run_id, self.device.name] if run_id is not None else [])
+        script = f"{self.python} - {rpath(self.workdir)} " + " ".join(shlex.quote(a) for a in args)
+        res = self.run(script, what=f"lease {action}", stdin=LEASE_SOURCE)
+        try:
+            return json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise SSHDeviceError(f"{self.device.name}: could not read who holds the device (exit {res.exit_code}): "
+                                 f"{res.stderr.strip()[-300:]}") from None
+
+    def lease_status(self, run_id: str | None = None) -> dict[str, Any]:
+        """Who holds this device, and (with `run_id`) the live agents of that run there."""
+        return self._lease_call("status", run_id)
+
+    def stop_agents(self, run_id: str) -> list[int]:
+        """Stop the agents of `run_id` still alive on the device (with their workers)."""
+        return list(self._lease_call("stop", run_id).get("stopped") or [])
+
 
 def _drain(chan: paramiko.Channel, deadline: float, out: bytearray, err: bytearray) -> int | None:
     """Read a channel to its exit status by `deadline`; None if it closed without one (connection lost)."""
@@ -551,15 +569,16 @@ class SSHAgentSession:
         return [item for item in self.plan["cases"] if item["hash"] not in self.finished]
 
     def stop(self) -> None:
-        """Kill the agent (Ctrl-C on the controller) and hang up; best effort, bounded."""
+        """Kill this run's agent on the device (the controller was interrupted) and hang up; best effort,
+        bounded. On its own connection: the follower's may be blocked or already gone."""
         self._stopped = True  # before hanging up: the follower must not take the hang-up for a drop
+        stopper = SSHTransport(self.device, self.t.inventory, code_root=self.t.code_root)
         try:
-            if self.t.connected:
-                self.t.run(f"{self.t.python_in(self.paths.bundle)} -m harness.agent --stop "
-                           f"--pid-file {rpath(self.paths.pid)}", what="stop the agent", timeout=10)
-        except SSHDeviceError:
-            pass
+            stopper._lease_call("stop", self.run_id)
+        except SSHDeviceError as exc:
+            log.warning("%s: could not stop the agent of run %s: %s", self.device.name, self.run_id, exc)
         finally:
+            stopper.close()
             self.t.close()
 
     # -- steps -----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import traceback
 from typing import Any, Mapping
 
 from devices import thermal
+from devices.contention import Contention, CpuSnapshot, contention, worker_cpus
 from workloads.errors import HarnessError
 from workloads.matrix import MeasureConfig
 from workloads.timing import measure
@@ -113,7 +114,12 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         planted = int(test_slowdown.get(case["precision"], test_slowdown.get("*", 1)))
         slowdown = int(case.get("slowdown") or 1) * planted
         fn = built.fn if slowdown == 1 else (lambda: [built.fn() for _ in range(slowdown)][-1])
-        timing, power = _measure_with_power(fn, cfg, request.get("power"))
+        timing, power, busy = _measure_with_power(fn, cfg, request.get("power"))
+        retried = None
+        if cfg.on_contention == "retry" and busy.contended(cfg.max_cpu_other):
+            # Measured once more; the first attempt is kept in the details, not thrown away.
+            retried = {"cpu_other": busy.cpu_other, "samples_ms": timing.samples_ms, "contention": busy.to_dict()}
+            timing, power, busy = _measure_with_power(fn, cfg, request.get("power"))
     except Unsupported as exc:
         return {"status": "skipped", "error": str(exc), "threads": threads}
     peak_kb = _status_kb("VmHWM") if peak_supported else None
@@ -130,6 +136,10 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         "peak_mem_mb": peak_kb / 1024 if peak_kb else None,
         "peak_mem_source": "VmHWM after clear_refs" if peak_kb else None,
         "power": power,
+        "contention": busy.to_dict(),
+        "cpu_other": busy.cpu_other,
+        "contended": busy.contended(cfg.max_cpu_other),
+        "contention_retry": retried,
         "test_slowdown": planted if planted != 1 else None,
         "thermal": _thermal_record(thermal_before, _thermal_snapshot(), cooldown),
     })
@@ -162,21 +172,44 @@ def sampler_for(power_cfg: Mapping[str, Any] | None) -> Any:
     return _SAMPLERS[key]
 
 
-def _measure_with_power(fn: Any, cfg: MeasureConfig, power_cfg: Mapping[str, Any] | None) -> tuple[Any, Any]:
-    """Time `fn`; with a sensor, sample power in a background thread on the same clock and integrate over
-    exactly the timed window, which is stretched until it holds enough sensor readings."""
+class ContentionHooks:
+    """Snapshots of the CPU counters as the timed window opens and closes (a fraction of a millisecond each,
+    outside the window)."""
+
+    def __init__(self) -> None:
+        self.cpus = worker_cpus()
+        self.before: CpuSnapshot | None = None
+        self.after: CpuSnapshot | None = None
+
+    def begin(self) -> None:
+        self.before = CpuSnapshot.take()
+
+    def end(self) -> None:
+        self.after = CpuSnapshot.take()
+
+    def result(self) -> Contention:
+        return contention(self.before, self.after, self.cpus)
+
+
+def _measure_with_power(fn: Any, cfg: MeasureConfig, power_cfg: Mapping[str, Any] | None
+                        ) -> tuple[Any, Any, Contention]:
+    """Time `fn` and record what else used the CPU meanwhile; with a sensor, sample power in a background
+    thread on the same clock and integrate over exactly the timed window, which is stretched until it holds
+    enough sensor readings."""
+    hooks = ContentionHooks()
     sampler = sampler_for(power_cfg)
     if sampler is None or sampler.kind == "none":
-        return measure(fn, cfg), None
+        return measure(fn, cfg, hooks=hooks), None, hooks.result()
     from devices.power import BackgroundSampler, EnergyError
 
     bg = BackgroundSampler(sampler)
     min_window = bg.min_window_s()
     bg.start()
     try:
-        timing = measure(fn, cfg, min_window_s=min_window)
+        timing = measure(fn, cfg, min_window_s=min_window, hooks=hooks)
     finally:
         bg.stop()
+    busy = hooks.result()
     power: dict[str, Any] = {"power_source": sampler.source, "is_estimate": bool(sampler.is_estimate),
                              "update_interval_s": sampler.update_interval_s, "min_window_s": min_window}
     try:
@@ -184,11 +217,11 @@ def _measure_with_power(fn: Any, cfg: MeasureConfig, power_cfg: Mapping[str, Any
     except EnergyError as exc:
         # A sensor that read nothing usable: the energy columns stay empty and the reason is kept.
         power["error"] = str(exc)
-        return timing, power
+        return timing, power, busy
     assert energy is not None
     power.update({"energy_mj_per_inf": energy.energy_j * 1e3 / timing.calls, "power_w_avg": energy.power_w_avg,
                   "energy_j": energy.energy_j, "n_samples": energy.n_samples, "window_s": energy.window_s})
-    return timing, power
+    return timing, power, busy
 
 
 def _thermal_snapshot() -> dict[str, Any]:

@@ -35,7 +35,8 @@ MEASUREMENT_COLUMNS = (
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "n_samples",
     "inner_loops", "threads_used", "peak_mem_mb", "kv_bytes", "input_bytes",
     "energy_mj_per_inf", "power_w_avg", "idle_power_w", "power_source", "is_estimate",
-    "cos_sim", "rel_err", "max_abs_err", "rmse", "throttled", "measured_at", "measured_until",
+    "cos_sim", "rel_err", "max_abs_err", "rmse", "throttled", "cpu_other", "contended", "measured_at",
+    "measured_until",
 )
 EXTRA_COLUMNS = ("samples_ms", "details", "fingerprint", "matrix_text", "measure")
 COLUMNS = RUN_COLUMNS + MEASUREMENT_COLUMNS + EXTRA_COLUMNS
@@ -45,8 +46,8 @@ INT_COLUMNS = {"seq_len", "batch", "heads", "head_dim", "model_dim", "threads", 
                "input_bytes"}
 FLOAT_COLUMNS = {"density", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
                  "latency_ms_std", "peak_mem_mb", "energy_mj_per_inf", "power_w_avg", "idle_power_w", "cos_sim",
-                 "rel_err", "max_abs_err", "rmse"}
-BOOL_COLUMNS = {"is_estimate", "throttled"}
+                 "rel_err", "max_abs_err", "rmse", "cpu_other"}
+BOOL_COLUMNS = {"is_estimate", "throttled", "contended"}
 TIME_COLUMNS = {"started_at", "finished_at", "measured_at", "measured_until"}
 
 
@@ -117,6 +118,7 @@ def export_rows(store: Store, run_ids: Iterable[str] | None = None) -> list[dict
             "power_w_avg": r["power_w_avg"], "idle_power_w": rd[2] if rd else None,
             "power_source": r["power_source"], "is_estimate": r["is_estimate"], "cos_sim": r["cos_sim"],
             "rel_err": r["rel_err"], "max_abs_err": r["max_abs_err"], "rmse": r["rmse"], "throttled": r["throttled"],
+            "cpu_other": r["cpu_other"], "contended": r["contended"],
             "measured_at": _iso(r["started_at"]), "measured_until": _iso(r["finished_at"]),
             "samples_ms": unpack_samples(blob) if blob is not None else None,
             "details": r["details"], "fingerprint": rd[3] if rd else None,

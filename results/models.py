@@ -20,7 +20,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 class Base(DeclarativeBase):
@@ -49,6 +49,9 @@ class Run(Base):
     heartbeat_at: Mapped[Optional[datetime]]
     # When `harness results prune` dropped this run's raw samples (its summaries stay); None: never pruned.
     samples_pruned_at: Mapped[Optional[datetime]]
+    # Why the run ended as it did when that was not by finishing: the signal that stopped it, the database
+    # error that failed it.
+    error: Mapped[Optional[str]] = mapped_column(Text)
 
     devices: Mapped[list["RunDevice"]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -149,6 +152,10 @@ class Measurement(Base):
     max_abs_err: Mapped[Optional[float]] = mapped_column(Float)
     rmse: Mapped[Optional[float]] = mapped_column(Float)
     throttled: Mapped[Optional[bool]]
+    # Share (0..1) of the CPUs' capacity other processes used during the timed window, and whether that
+    # passed measure.max_cpu_other. NULL: not measured (an older agent, a platform without counters).
+    cpu_other: Mapped[Optional[float]] = mapped_column(Float)
+    contended: Mapped[Optional[bool]]
     # How it was computed, warnings, timing details, thermal before/after, accuracy vs dense: not keys.
     details: Mapped[Optional[dict[str, Any]]]
 

@@ -121,10 +121,14 @@ def measurement_columns(record: Mapping[str, Any]) -> dict[str, Any]:
                 power_source=power.get("power_source"), is_estimate=power.get("is_estimate"))
     thermal = record.get("thermal") or {}
     cols["throttled"] = thermal.get("throttled")
+    cols["cpu_other"] = _finite(record.get("cpu_other"))
+    cols["contended"] = record.get("contended")
     details = {k: record[k] for k in ("compute", "kernel_bytes", "kernel_meta", "warmup_calls", "warmup_s",
                                       "calls", "stopped_by", "notes", "torch_device", "rss_before_mb",
                                       "peak_mem_source", "traceback", "thermal", "power", "window_start",
-                                      "window_end", "test_slowdown")
+                                      "window_end", "test_slowdown", "contention", "contention_retry",
+                                      "contention_wait", "warmup_extended", "warmup_samples_ms",
+                                      "threads_requested", "oversubscribed")
                if record.get(k) not in (None, [], {})}
     if acc:
         details["accuracy"] = acc  # NaN kept here (JSON allows it in Python), so a failed accuracy shows
@@ -406,12 +410,13 @@ class Store:
 
         self.write(body)
 
-    def finish_run(self, run_id: str, status: str) -> None:
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         def body(s: Session) -> None:
             run = s.get(Run, run_id)
             if run is None:
                 raise StoreError(f"no run {run_id}")
             run.status = status
+            run.error = error
             run.finished_at = utcnow()
             run.controller_pid = None
 
@@ -452,6 +457,7 @@ class Store:
                                      f"died counts as gone {HEARTBEAT_STALE_S:.0f} s after its last "
                                      "heartbeat)")
             run.status = "running"
+            run.error = None
             run.controller_pid = pid
             run.controller_host = host
             run.heartbeat_at = now
@@ -636,9 +642,27 @@ class Store:
             return list(s.scalars(select(Device.name).join(RunDevice, RunDevice.device_id == Device.id)
                                   .where(RunDevice.run_id == run_id).order_by(RunDevice.id)))
 
+    def run_state(self, run: Run) -> str:
+        """The run's status as a reader should see it: a `running` run whose controller is gone (its process
+        dead on this host, or its heartbeat stale) is `abandoned`; `--resume` takes it up."""
+        if run.status != "running":
+            return run.status
+        with self.Session() as s:
+            now = self.db_now(s)
+        return "abandoned" if controller_alive(run, now) is None else "running"
+
+    def run_device_states(self, run_id: str) -> dict[str, tuple[str, str | None]]:
+        """Each device's part in a run: its status and error, in the order the run named them."""
+        with self.Session() as s:
+            rows = s.execute(select(Device.name, RunDevice.status, RunDevice.error)
+                             .join(RunDevice, RunDevice.device_id == Device.id)
+                             .where(RunDevice.run_id == run_id).order_by(RunDevice.id))
+            return {name: (status, error) for name, status, error in rows}
+
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.Session() as s:
             runs = s.scalars(select(Run).order_by(Run.started_at.desc()).limit(limit)).all()
+            now = self.db_now(s)
             ids = [r.id for r in runs]
             counts: dict[str, dict[str, int]] = {}
             for rid, st, n in select_in(s, select(Measurement.run_id, Measurement.status, func.count())
@@ -650,8 +674,10 @@ class Store:
                                         .join(Device, Device.id == RunDevice.device_id).order_by(RunDevice.id),
                                         RunDevice.run_id, ids):
                 names.setdefault(rid, []).append(name)
-            return [{"run_id": run.id, "started_at": run.started_at, "status": run.status,
-                     "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
+            return [{"run_id": run.id, "started_at": run.started_at,
+                     "status": ("abandoned" if run.status == "running" and controller_alive(run, now) is None
+                                else run.status),
+                     "error": run.error, "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
                      "counts": counts.get(run.id, {})} for run in runs]
 
     def status_counts(self, run_id: str) -> dict[str, int]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workloads.matrix import MeasureConfig
-from workloads.stats import bootstrap_ratio_ci, instability_warning, summarize
+from workloads.stats import bootstrap_ratio_ci, instability_warning, leading_drift, summarize
 from workloads.timing import calibrate_loops, measure
 
 
@@ -86,6 +86,95 @@ def test_bootstrap_interval_contains_the_true_ratio():
 
 
 def test_instability_warning_names_the_fact_threshold_and_fix():
+    # The fix now follows the measured cause: for a governor that moves the clock, it is the governor.
     w = instability_warning([1.0, 1.5, 0.7, 1.3], "dense int8 L=4096", "rpi4", "ondemand")
-    assert w and "over 10%" in w and "rpi4" in w and "ondemand" in w and "min_time_s" in w
+    assert w and "over 10%" in w and "rpi4" in w and "dense int8 L=4096" in w
+    assert "governor is ondemand" in w and "performance" in w
     assert instability_warning([1.0, 1.01, 0.99], "x", "d", None) is None
+    # With nothing measured to blame, the fix is more samples.
+    w = instability_warning([1.0, 1.5, 0.7, 1.3] * 5, "x", "d", "performance")
+    assert w and "min_time_s" in w and "no contention, throttling or warm-up drift" in w
+
+
+NOISY = [1.0, 1.5, 0.7, 1.3] * 5
+
+
+@pytest.mark.parametrize("kwargs, cause, fix", [
+    ({"cpu_other": 0.45}, "other processes used 45% of its CPUs", "on_contention: wait"),
+    ({"throttled": True}, "throttled", "cooldown_c"),
+    ({"warmup_extended": True}, "still falling", "warmup_s"),
+    ({"governor": "schedutil"}, "governor is schedutil", "performance"),
+])
+def test_instability_warning_blames_what_was_measured_first(kwargs, cause, fix):
+    governor = kwargs.pop("governor", "performance")
+    w = instability_warning(NOISY, "dense fp32 L=512", "pi", governor, **kwargs)
+    assert w and cause in w and fix in w and "dense fp32 L=512 on pi" in w
+
+
+def test_instability_warning_calls_few_samples_the_cause_when_nothing_else_explains_it():
+    w = instability_warning([1.0, 1.5, 0.7, 1.3], "x", "d", "performance", min_samples=10)
+    assert w and "only 4 samples" in w
+
+
+def test_contention_under_the_threshold_is_not_blamed():
+    w = instability_warning(NOISY, "x", "d", "performance", cpu_other=0.05, max_cpu_other=0.10)
+    assert w and "other processes" not in w
+
+
+class DriftingClock(FakeClock):
+    """Calls start at 3x their steady cost and settle after `settle` calls (a clock ramping up)."""
+
+    def __init__(self, call_s: float, settle: int) -> None:
+        super().__init__(call_s)
+        self.settle = settle
+
+    def fn(self) -> None:
+        self.calls += 1
+        factor = 1.0 + 2.0 * max(0.0, 1.0 - self.calls / self.settle)
+        self.t += self.call_s * factor
+
+
+def test_warmup_drift_moves_the_slow_leading_samples_out_of_the_window_and_says_so():
+    clock = DriftingClock(0.01, settle=30)
+    cfg = MeasureConfig(warmup_s=0.0, min_time_s=0.2, min_samples=20, max_time_s=30)
+    t = measure(clock.fn, cfg, clock=clock)
+    assert t.warmup_extended is not None and t.warmup_samples_ms
+    assert len(t.samples_ms) >= 20  # the window went on until it held enough samples again
+    assert max(t.samples_ms) < min(t.warmup_samples_ms)  # what was kept is the settled part
+    assert t.window_s >= 0.2 - 1e-9 and math.isclose(t.window_s * 1e3, sum(t.samples_ms), rel_tol=1e-9)
+    assert any("warm-up extended" in n and "warmup_s" in n for n in t.notes)
+
+
+def test_a_steady_case_keeps_its_whole_window():
+    clock = FakeClock(0.002)
+    t = measure(clock.fn, MeasureConfig(warmup_s=0.0, min_time_s=0.1, min_samples=20, max_time_s=30), clock=clock)
+    assert t.warmup_extended is None and t.warmup_samples_ms == []
+
+
+def test_leading_drift_finds_a_planted_ramp_and_leaves_noise_alone():
+    rng = np.random.default_rng(3)
+    ramp = np.concatenate([np.linspace(1.6, 1.1, 10), rng.normal(1.0, 0.02, 40)])
+    found = leading_drift(ramp)
+    assert found is not None and 6 <= found["samples"] <= 12 and found["slower_pct"] > 10
+    false_alarms = sum(leading_drift(rng.lognormal(0.0, 0.1, 60)) is not None for _ in range(300))
+    assert false_alarms <= 6  # about 1% by construction (Bonferroni over the prefixes)
+
+
+class RecordingHooks:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.events = clock, []
+
+    def begin(self) -> None:
+        self.events.append(("begin", self.clock.t))
+
+    def end(self) -> None:
+        self.events.append(("end", self.clock.t))
+
+
+def test_window_hooks_bracket_exactly_the_timed_window():
+    clock = FakeClock(0.001)
+    hooks = RecordingHooks(clock)
+    t = measure(clock.fn, MeasureConfig(warmup_s=0.05, min_time_s=0.1, min_samples=5, max_time_s=30),
+                clock=clock, hooks=hooks)
+    assert [e[0] for e in hooks.events] == ["begin", "end"]
+    assert hooks.events[0][1] == t.window_start and hooks.events[1][1] == t.window_end

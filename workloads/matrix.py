@@ -34,6 +34,14 @@ class MeasureConfig:
     cooldown_max_s: float = 120.0
     # Seconds of idle power measured per device before a sweep (with a power sensor configured).
     idle_s: float = 5.0
+    # A case is `contended` when other processes used more than this fraction of its CPUs in the window.
+    max_cpu_other: float = 0.10
+    # What to do about contention: flag it, wait (up to contention_wait_s) for a quiet device before each
+    # case, or retry a contended case once.
+    on_contention: str = "flag"
+    contention_wait_s: float = 60.0
+    # `threads` above the device's CPUs is skipped unless this is set (then it runs, with a warning).
+    allow_oversubscribe: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,6 +242,9 @@ def _brief(case: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in case.items()) + "}"
 
 
+ON_CONTENTION = ("flag", "wait", "retry")
+
+
 def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
     values: dict[str, Any] = {}
     types = {f.name: f.type for f in fields(MeasureConfig)}
@@ -243,6 +254,24 @@ def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
                       "measure", key, key=f"measure.{key}")
         if key == "cooldown_c" and value is None:
             values[key] = None
+            continue
+        if key == "on_contention":
+            if value not in ON_CONTENTION:
+                raise err(f"expected one of {', '.join(ON_CONTENTION)}, got {value!r}", "measure", key,
+                          key=f"measure.{key}")
+            values[key] = value
+            continue
+        if key == "allow_oversubscribe":
+            if not isinstance(value, bool):
+                raise err(f"expected true or false, got {value!r}", "measure", key, key=f"measure.{key}")
+            values[key] = value
+            continue
+        if key == "max_cpu_other" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                       or not 0 <= value <= 1):
+            raise err(f"expected a fraction of the CPUs between 0 and 1 (0.10 is 10%), got {value!r}", "measure",
+                      key, key=f"measure.{key}")
+        if key == "max_cpu_other":
+            values[key] = float(value)
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                 or (value == 0 and key not in ("warmup_s",)):
