@@ -298,6 +298,7 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
                           dry_run=True, plan=plans)
     assert store is not None
     if resume:
+        store.check_resumable(run_id)  # a live controller first: its agents are not stale
         # Asked before the run is taken over: an agent of it that measures on (its controller was killed)
         # would otherwise race the new one for the device.
         stale = find_stale_agents(inventory, [c for c in configs if plans[c.name]], run_id, transport_factory,
@@ -317,14 +318,21 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
 
 def find_stale_agents(inventory: Inventory, configs: list[DeviceConfig], run_id: str,
                       transport_factory: Callable[[DeviceConfig, Inventory], Transport], *, stop: bool) -> str:
-    """Agents of `run_id` still alive on these devices, described ('' when none); with `stop`, stop them
-    first. A device that cannot be asked is not counted: its lease still keeps two agents from measuring at
-    once, and its part of the run ends unreachable if it stays so."""
+    """Agents of `run_id` still alive on these devices that a new session cannot take over, described ('' when
+    none); with `stop`, every agent of the run is stopped first. Over SSH a new session re-attaches to the
+    agent it finds (it follows that agent's journal instead of starting another), so such an agent is not
+    in the way; a local one is. A device that cannot be asked is not counted: its lease still keeps two
+    agents from measuring at once, and its part of the run ends unreachable if it stays so."""
     found: dict[str, str] = {}
 
     def ask(config: DeviceConfig) -> None:
         transport = transport_factory(config, inventory)
         if not hasattr(transport, "lease_status"):
+            return
+        if getattr(transport, "attaches_to_running_agent", False) and not stop:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
             return
         try:
             if stop:

@@ -229,6 +229,10 @@ class Completed:
 class SSHTransport:
     """The controller's Transport for one device over SSH; connects lazily, every call bounded."""
 
+    # A session started for a run finds that run's agent still alive on the device (its controller died, or
+    # lost the connection) and follows its journal instead of starting another.
+    attaches_to_running_agent = True
+
     def __init__(self, device: DeviceConfig, inventory: Inventory, code_root: Path = REPO_ROOT) -> None:
         self.device = device
         self.inventory = inventory

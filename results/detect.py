@@ -68,8 +68,10 @@ class Run:
 
     ``key`` is the comparability key (stable fingerprint fields, library versions): runs with equal keys
     are comparable; it is compared with ``==`` and may be any value (a tuple, a dict, a string).
-    ``throttled`` marks a run during which the device reported throttling: ``latest_regression`` will
-    not call such a night a regression on its own (history detection treats it like any other run).
+    ``throttled`` marks a run during which the device reported throttling, ``contended`` one measured while
+    other processes used the device's CPUs: ``latest_regression`` keeps both out of the baseline it judges
+    the newest night against, and will not call such a newest night a regression on its own (history
+    detection treats them like any other run; callers drop contended runs first).
     """
 
     samples: Sequence[float]
@@ -77,6 +79,7 @@ class Run:
     started_at: Any = None
     key: Any = None
     throttled: bool = False  # the device reported throttling (telemetry) during this run
+    contended: bool = False  # other processes used the device's CPUs during this run
 
 
 RunLike = Union[Run, Sequence[float]]
@@ -542,7 +545,9 @@ def latest_regression(
 
     # (1) the newest night against the runs since the last step
     since = older[-1].index if older else 0
-    history = [i for i in range(since, last) if len(runs[i].samples)]
+    # Nights measured throttled or under contention are not a baseline to judge against.
+    history = [i for i in range(since, last) if len(runs[i].samples) and not runs[i].throttled
+               and not runs[i].contended]
     cause = None
     if history and runs[history[-1]].key != newest.key:
         cause = ENVIRONMENT_CHANGED
@@ -574,6 +579,9 @@ def latest_regression(
     if newest.throttled:
         return verdict("unstable", "the device reported throttling during this run; re-measure before trusting it",
                        **fields)
+    if newest.contended:
+        return verdict("unstable", "other processes used the device's CPUs during this run (contended); "
+                       "re-measure on a quiet device before trusting it", **fields)
     shape_p = _shape_p_value(new_logs, [v for v in hist_logs if v.size >= 5])
     if shape_p < _SHAPE_ALPHA:
         return verdict("unstable", f"its samples changed shape against history (p={shape_p:.2g}): bimodal or "

@@ -395,12 +395,13 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
     recent = (select(ranked.c.run_id, ranked.c.device_id, ranked.c.device, ranked.c.started_at, ranked.c.rn)
               .where(ranked.c.rn <= history).subquery("recent"))
     q = (select(recent.c.device, recent.c.run_id, recent.c.started_at, recent.c.rn, m.c.id, m.c.case_id,
-                m.c.latency_ms_p50, m.c.throttled, RunDevice.env_key)
+                m.c.latency_ms_p50, m.c.throttled, m.c.contended, RunDevice.env_key)
          .select_from(recent)
          .join(m, and_(m.c.run_id == recent.c.run_id, m.c.device_id == recent.c.device_id, m.c.status == "ok",
                        m.c.latency_ms_p50 > 0))
          .join(RunDevice, and_(RunDevice.run_id == recent.c.run_id, RunDevice.device_id == recent.c.device_id)))
-    cols = ["device", "run_id", "started_at", "rn", "measurement_id", "case_id", "p50", "throttled", "env_key"]
+    cols = ["device", "run_id", "started_at", "rn", "measurement_id", "case_id", "p50", "throttled", "contended",
+            "env_key"]
     with engine.connect() as conn:
         df = _frame(conn.execute(q), cols)
     empty = pd.DataFrame(columns=["device", "case", "case_hash", "run_id", "started_at", "status", "change_pct",
@@ -425,17 +426,13 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
     with engine.connect() as conn:
         case_rows = {cid: (h, _params(p)) for cid, h, p in conn.execute(
             select(Case.id, Case.hash, Case.params).where(Case.id.in_([int(c) for _, c, _ in suspects])))}
-    # Older versions of the detector have no throttling flag on a run.
-    can_mark_throttled = "throttled" in getattr(detect.Run, "__dataclass_fields__", {})
     out = []
     for device, case_id, g in suspects:
-        runs_ = []
-        for mid, p50, run_id, t, key, thr in zip(g["measurement_id"], g["p50"], g["run_id"], g["started_at"],
-                                                 g["env_key"], g["throttled"]):
-            fields: dict[str, Any] = dict(samples=raw.get(int(mid), [p50]), run_id=run_id, started_at=t, key=key)
-            if can_mark_throttled:
-                fields["throttled"] = bool(thr)
-            runs_.append(detect.Run(**fields))
+        runs_ = [detect.Run(samples=raw.get(int(mid), [p50]), run_id=run_id, started_at=t, key=key,
+                            throttled=bool(thr) if thr == thr else False, contended=bool(busy) if busy == busy else False)
+                 for mid, p50, run_id, t, key, thr, busy in zip(g["measurement_id"], g["p50"], g["run_id"],
+                                                                g["started_at"], g["env_key"], g["throttled"],
+                                                                g["contended"])]
         verdict = detect.latest_regression(runs_, min_effect=min_effect, alpha=alpha, min_history=min_history)
         if not verdict.is_regression:
             continue

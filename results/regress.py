@@ -44,6 +44,7 @@ class SeriesPoint:
     fingerprint: dict[str, Any] | None
     git_revision: str | None
     harness_version: str | None
+    contended: bool = False  # measured while other processes used the device's CPUs
 
 
 @dataclass
@@ -56,7 +57,14 @@ class Series:
 
     def runs(self) -> list[detect.Run]:
         return [detect.Run(p.samples, run_id=p.run_id, started_at=p.started_at, key=p.env_key,
-                           throttled=p.throttled) for p in self.points]
+                           throttled=p.throttled, contended=p.contended) for p in self.points]
+
+    def without_contended(self, keep_newest: bool = False) -> "Series":
+        """The series without runs measured under contention (they are no baseline); `keep_newest`: the newest
+        run stays, to be judged (and called unstable if it was contended)."""
+        last = len(self.points) - 1
+        kept = [p for i, p in enumerate(self.points) if not p.contended or (keep_newest and i == last)]
+        return Series(self.device, self.case_hash, self.case, self.metric, kept)
 
 
 @dataclass
@@ -98,7 +106,7 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
         fingerprints = {(run_id, device): fp for run_id, device, fp in s.execute(
             select(RunDevice.run_id, Device.name, RunDevice.fingerprint).join(Device, Device.id == RunDevice.device_id))}
         query = (select(Device.name, Case.hash, Case.params, Run.id, Run.started_at, Run.git_revision,
-                        Run.harness_version, RunDevice.env_key, Measurement.throttled,
+                        Run.harness_version, RunDevice.env_key, Measurement.throttled, Measurement.contended,
                         getattr(Measurement, column), SampleSet.values)
                  .join(Device, Device.id == Measurement.device_id)
                  .join(Case, Case.id == Measurement.case_id)
@@ -111,12 +119,12 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
         if devices:
             query = query.where(Device.name.in_(list(devices)))
         out: dict[tuple[str, str], Series] = {}
-        for (device, chash, params, run_id, started, rev, version, env_key, throttled, value,
+        for (device, chash, params, run_id, started, rev, version, env_key, throttled, contended, value,
              blob) in s.execute(query):
             series = out.setdefault((device, chash), Series(device, chash, dict(params), metric))
             samples = unpack_samples(blob) if (metric == "latency_ms" and blob) else [float(value)]
             series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled),
-                                             fingerprints.get((run_id, device)), rev, version))
+                                             fingerprints.get((run_id, device)), rev, version, bool(contended)))
     return list(out.values())
 
 
@@ -178,6 +186,9 @@ def history(store: Store, *, devices: Sequence[str] | None = None, metrics: Iter
     for metric in metrics:
         _, lower = METRICS[metric]
         for series in load_series(store, devices=devices, metric=metric):
+            series = series.without_contended()  # a night measured under contention is no level of the series
+            if not series.points:
+                continue
             for cp in detect.detect_change_points(series.runs(), lower_is_better=lower, min_effect=min_effect,
                                                   alpha=alpha):
                 findings.append(_finding(series, cp, lower))
@@ -193,9 +204,10 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
         all_series = load_series(store, devices=devices, metric=metric)
         newest = _newest_run_per_device(all_series)
         for series in all_series:
-            pts = series.points
-            if not pts or pts[-1].run_id != newest.get(series.device):
+            if not series.points or series.points[-1].run_id != newest.get(series.device):
                 continue  # this case did not run in the device's newest run
+            series = series.without_contended(keep_newest=True)
+            pts = series.points
             verdict = detect.latest_regression(series.runs(), lower_is_better=lower, min_effect=min_effect,
                                                alpha=alpha)
             if verdict.status in ("regression", "improvement") and verdict.before is not None:
@@ -207,7 +219,7 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                     direction=verdict.status, statistic=verdict.statistic, statistic_name=verdict.statistic_name,
                     p_value=verdict.p_value, runs_before=[pts[i].run_id for i in verdict.history_runs],
                     runs_after=[pts[-1].run_id], differs=what_differs(pts[-2], pts[-1]), cause=verdict.cause))
-            elif verdict.status == "insufficient_history" and len(pts) >= 2:
+            elif verdict.status == "insufficient_history" and len(pts) >= 2 and not pts[-1].contended:
                 prev, new = pts[-2], pts[-1]
                 if prev.env_key != new.env_key:
                     continue  # not comparable; compare shows why

@@ -447,15 +447,7 @@ class Store:
             if run is None:
                 raise StoreError(f"no run '{run_id}' in {self.url}; `harness results list` shows the runs")
             now = self.db_now(s)
-            if run.status == "running" and not (run.controller_host == host and run.controller_pid == pid):
-                why = controller_alive(run, now)
-                if why:
-                    who = f"process {run.controller_pid}" if run.controller_pid else "a controller"
-                    raise StoreError(f"run {run_id} is still being run by {who} on "
-                                     f"{run.controller_host or 'an unknown host'} ({why}); wait for it to "
-                                     "finish, or stop that process and --resume again (a controller that "
-                                     f"died counts as gone {HEARTBEAT_STALE_S:.0f} s after its last "
-                                     "heartbeat)")
+            _refuse_live_controller(run, now)
             run.status = "running"
             run.error = None
             run.controller_pid = pid
@@ -642,6 +634,14 @@ class Store:
             return list(s.scalars(select(Device.name).join(RunDevice, RunDevice.device_id == Device.id)
                                   .where(RunDevice.run_id == run_id).order_by(RunDevice.id)))
 
+    def check_resumable(self, run_id: str) -> None:
+        """Refuse (StoreError) to resume a run another live controller is running; `reopen_run` checks again
+        under the write lock."""
+        with self.Session() as s:
+            run = s.get(Run, run_id)
+            if run is not None:
+                _refuse_live_controller(run, self.db_now(s))
+
     def run_state(self, run: Run) -> str:
         """The run's status as a reader should see it: a `running` run whose controller is gone (its process
         dead on this host, or its heartbeat stale) is `abandoned`; `--resume` takes it up."""
@@ -690,6 +690,18 @@ class Store:
     def count_runs(self) -> int:
         with self.Session() as s:
             return s.scalar(select(func.count()).select_from(Run)) or 0
+
+
+def _refuse_live_controller(run: Run, now: datetime) -> None:
+    host, pid = socket.gethostname(), os.getpid()
+    if run.status == "running" and not (run.controller_host == host and run.controller_pid == pid):
+        why = controller_alive(run, now)
+        if why:
+            who = f"process {run.controller_pid}" if run.controller_pid else "a controller"
+            raise StoreError(f"run {run.id} is still being run by {who} on {run.controller_host or 'an unknown host'} "
+                             f"({why}); wait for it to finish, or stop that process and --resume again (a "
+                             f"controller that died counts as gone {HEARTBEAT_STALE_S:.0f} s after its last "
+                             "heartbeat)")
 
 
 def controller_alive(run: Run, now: datetime) -> str | None:

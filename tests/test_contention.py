@@ -229,3 +229,36 @@ def test_wait_holds_each_case_until_the_device_is_quiet_or_the_wait_runs_out(hom
     [row] = export_rows(Store(db_url))
     waited = row["details"]["contention_wait"]
     assert waited["quiet"] is False and waited["waited_s"] >= 3 and waited["cpu_other"] > 0.1
+
+
+# -- regress keeps contended nights out -------------------------------------------------------------------
+def _import(rows: list[dict], db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(rows))
+    harness("results", "import", str(path), "--db", db_url, check=True)
+
+
+def test_a_contended_newest_night_is_not_called_a_regression(home, db_url, tmp_path):
+    from test_regress_cli import _history_rows
+
+    rows = _history_rows(12, 11, 0.30)
+    rows[-1].update(cpu_other=0.62, contended=True)
+    _import(rows, db_url, tmp_path)
+    proc = harness("regress", "--format", "json", "--db", db_url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_nights_measured_under_contention_are_no_level_of_the_history(home, db_url, tmp_path):
+    from test_regress_cli import _history_rows
+
+    rows = _history_rows(20, 99, 0.0)
+    for night in range(8, 13):  # five slow nights in a row: enough to form a segment of their own
+        rows[night]["samples_ms"] = [v * 1.5 for v in rows[night]["samples_ms"]]
+        rows[night]["latency_ms_p50"] *= 1.5
+    flagged = [dict(r, cpu_other=0.7, contended=True) if 8 <= i < 13 else r for i, r in enumerate(rows)]
+    _import(flagged, db_url, tmp_path)
+    assert json.loads(harness("regress", "--history", "--format", "json", "--db", db_url).stdout) == []
+    other_db = f"sqlite:///{tmp_path / 'unflagged.db'}"
+    _import(rows, other_db, tmp_path)
+    assert len(json.loads(harness("regress", "--history", "--format", "json", "--db", other_db).stdout)) == 2

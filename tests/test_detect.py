@@ -275,3 +275,16 @@ def test_latest_with_an_empty_newest_run_has_no_data() -> None:
     runs = nightly(30, 20)
     runs[-1] = []
     assert latest_regression(runs).status == "no_data"
+
+
+def test_latest_does_not_judge_a_contended_night_and_keeps_contended_nights_out_of_the_baseline() -> None:
+    raw = nightly(25, 31, steps={30: 1.3})
+    runs = [Run(samples=s, contended=(i == 30)) for i, s in enumerate(raw)]
+    assert latest_regression(runs).status == "unstable"
+    assert "contended" in latest_regression(runs).reason
+    # Slow contended nights in the baseline would hide a real slowdown of the newest one.
+    raw = nightly(28, 31, steps={30: 1.3})
+    noisy = [[v * 1.3 for v in s] if i in (27, 28, 29) else s for i, s in enumerate(raw)]
+    runs = [Run(samples=s, contended=(i in (27, 28, 29))) for i, s in enumerate(noisy)]
+    verdict = latest_regression(runs)
+    assert verdict.status == "regression" and 27 not in verdict.history_runs
