@@ -167,7 +167,8 @@ def noise_table(noise: pd.DataFrame) -> pd.DataFrame:
 
 # -- compare ----------------------------------------------------------------------------------------------
 COMPARE_COLUMNS = ["device", "case", "variant", "precision", "seq_len", "A median ms", "B median ms", "speedup",
-                   "CI low", "CI high", "verdict", "A status", "B status", "A n", "B n", "error", "case_hash"]
+                   "CI low", "CI high", "verdict", "contended", "A cpu other", "B cpu other", "A status", "B status",
+                   "A n", "B n", "error", "case_hash"]
 
 
 def comparison_table(cmp: Comparison) -> pd.DataFrame:
@@ -488,16 +489,22 @@ def histogram_chart(samples: Sequence[float], bins: int = 40) -> dict[str, Any]:
 
 
 def telemetry_table(row: Mapping[str, Any], details: Mapping[str, Any]) -> pd.DataFrame:
-    """Power and thermal summary of one measurement: stored columns first, then details.power/thermal."""
+    """Power, thermal and contention summary of one measurement: stored columns first, then
+    details.power/thermal/contention."""
     rows = []
     for key, title in (("power_w_avg", "power W (avg)"), ("energy_mj_per_inf", "energy mJ per inference"),
                        ("power_source", "power source"), ("is_estimate", "power is an estimate"),
-                       ("throttled", "throttled"), ("peak_mem_mb", "peak memory MB")):
+                       ("throttled", "throttled"), ("cpu_other", "other processes' CPU share"),
+                       ("contended", "contended"), ("peak_mem_mb", "peak memory MB")):
         v = row.get(key)
-        rows.append({"field": title, "value": "not measured" if not _present(v) else str(v)})
+        if key == "cpu_other" and _present(v):
+            text = f"{float(v):.1%}"
+        else:
+            text = "not measured" if not _present(v) else str(v)
+        rows.append({"field": title, "value": text})
     table = pd.DataFrame(rows)
     extra = []
-    for section in ("power", "thermal"):
+    for section in ("power", "thermal", "contention"):
         if details.get(section):
             extra.append(flatten(details[section], section))
     return pd.concat([table, *extra], ignore_index=True) if extra else table

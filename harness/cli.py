@@ -437,6 +437,11 @@ def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: f
     counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts.items()))
     geo = f"{result.geomean:.3f}" if result.geomean else "-"
     console.print(f"geometric mean speedup {geo}; {counts}")
+    busy = [c for c in result.cases if c.contended]
+    if busy:
+        err_console.print(f"[yellow]warning:[/] {len(busy)} case(s) were measured under contention on one side "
+                          "(marked 'contended!'): other processes used the device's CPUs, so their speedups say "
+                          "little. Re-measure them on a quiet device.")
 
 
 def _regress(store: Any, devices: list[str] | None, history: bool, min_effect: float, alpha: float,

@@ -65,8 +65,9 @@ def comparison_rows(comparison: Any) -> list[list[str]]:
     rows = []
     for c in comparison.cases:
         ci = f"[{c.ci_low:.3f}, {c.ci_high:.3f}]" if c.ci_low is not None else "-"
+        verdict = c.verdict + (" (contended!)" if c.contended else "")
         rows.append([c.device, c.label, _ms(c.a.median_ms), _ms(c.b.median_ms),
-                     f"{c.speedup:.3f}" if c.speedup is not None else "-", ci, c.verdict])
+                     f"{c.speedup:.3f}" if c.speedup is not None else "-", ci, verdict])
     return rows
 
 

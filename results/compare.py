@@ -58,6 +58,9 @@ class Side:
     n: int | None = None
     error: str | None = None
     measurement_id: int | None = None
+    # Share of the device's CPUs other processes used while it was timed; None where not measured.
+    cpu_other: float | None = None
+    contended: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ class CaseComparison:
     ci_low: float | None
     ci_high: float | None
     verdict: str
+
+    @property
+    def contended(self) -> bool:
+        """Either side was measured while other processes used the device's CPUs: its verdict is suspect."""
+        return self.a.contended or self.b.contended
 
 
 @dataclass(frozen=True)
@@ -225,9 +233,12 @@ def _side(row: Mapping[str, Any] | None, samples: Mapping[int, Sequence[float]])
     median = _median(values) if values else row.get("latency_ms_p50")
     median = None if median is None or _isnan(median) else float(median)
     error = row.get("error")
+    other = row.get("cpu_other")
+    busy = row.get("contended")
     return Side(status=row.get("status"), median_ms=median if row.get("status") == "ok" else None,
                 n=len(values) if values else None, error=None if error is None or _isnan(error) else str(error),
-                measurement_id=mid)
+                measurement_id=mid, cpu_other=None if other is None or _isnan(other) else float(other),
+                contended=bool(busy) if busy is not None and not _isnan(busy) else False)
 
 
 def environment_diff(fp_a: Mapping[str, Mapping[str, Any] | None], fp_b: Mapping[str, Mapping[str, Any] | None],
@@ -280,6 +291,7 @@ def comparison_rows(cases: Iterable[CaseComparison]) -> list[dict[str, Any]]:
             "CI low": c.ci_low, "CI high": c.ci_high, "verdict": c.verdict,
             "A status": c.a.status or "absent", "B status": c.b.status or "absent", "A n": c.a.n, "B n": c.b.n,
             "error": c.b.error or c.a.error, "case_hash": c.case_hash,
+            "A cpu other": c.a.cpu_other, "B cpu other": c.b.cpu_other, "contended": c.contended,
         })
     return rows
 

@@ -58,7 +58,7 @@ METRICS: dict[str, Metric] = {m.column: m for m in (
 # Columns of a measurement row shown by tables (no JSON, no samples).
 SUMMARY_COLUMNS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std",
                    "n_samples", "peak_mem_mb", "energy_mj_per_inf", "power_w_avg", "power_source", "is_estimate",
-                   "cos_sim", "rel_err", "max_abs_err", "throttled")
+                   "cos_sim", "rel_err", "max_abs_err", "throttled", "cpu_other", "contended")
 
 
 def engine_of(source: Any) -> Engine:

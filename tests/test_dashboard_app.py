@@ -407,3 +407,14 @@ def test_every_page_renders_in_headless_chromium(real_db: RealDB, tmp_path: Path
             pass
     assert proc.returncode == 0, f"launch() exited with {proc.returncode}"
     assert stopped, f"the Streamlit server on port {port} outlived launch()"
+
+
+def test_run_detail_shows_each_cases_contention_and_warns_when_any_was_contended(db: RealDB) -> None:
+    at = app("run_detail", run=db.run_b, device="local")
+    cases = frame(at, "case", "status", "cpu_other", "contended")
+    ok = cases[cases["status"] == "ok"]
+    assert ok["cpu_other"].notna().all()  # measured for every timed case
+    stored = [r for r in db.rows if r["run_id"] == db.run_b and r["status"] == "ok"]
+    assert sorted(ok["cpu_other"]) == pytest.approx(sorted(r["cpu_other"] for r in stored))
+    warned = "measured while other processes used the device's CPUs" in texts(at.warning)
+    assert warned == any(r["contended"] for r in stored)

@@ -62,6 +62,10 @@ m[4].metric("Newly failing", counts.get(NEWLY_FAILING, 0))
 m[5].metric("Fixed", counts.get(FIXED, 0))
 st.caption("Verdicts shown: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none")
            + f". Hidden by the filters: {len(table) - len(shown)}.")
+if "contended" in shown and shown["contended"].fillna(False).astype(bool).any():
+    n_busy = int(shown["contended"].fillna(False).astype(bool).sum())
+    st.warning(f"{n_busy} case(s) were measured under contention on one side (column `contended`): other processes "
+               "used the device's CPUs, so their speedups say little. Re-measure them on a quiet device.")
 
 shown = shown.assign(trend=[urlstate.link("trends", device=d, case=h) for d, h in
                             zip(shown["device"], shown["case_hash"])])

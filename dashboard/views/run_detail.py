@@ -35,10 +35,16 @@ else:
     st.dataframe(problems, hide_index=True, key="detail_problems")
     data.csv_download(problems, f"problems_{run_id}_{device}", "dl_problems")
 
+busy = rows[rows["contended"].fillna(False).astype(bool)] if "contended" in rows else rows.iloc[0:0]
+if not busy.empty:
+    st.warning(f"{len(busy)} case(s) were measured while other processes used the device's CPUs (contended; up to "
+               f"{busy['cpu_other'].max():.0%} of them): their latencies are not a quiet device's. Re-measure them on "
+               "a quiet device, or set measure.on_contention: wait.")
+
 st.subheader("Cases")
 table = charts.lead_columns(rows.drop(columns=["run_id"]),
                             ["case", "status", "latency_ms_p50", "latency_ms_p90", "n_samples", "peak_mem_mb",
-                             "cos_sim", "rel_err", "energy_mj_per_inf", "error"])
+                             "cos_sim", "rel_err", "energy_mj_per_inf", "cpu_other", "contended", "error"])
 st.dataframe(charts.drop_empty_columns(table, keep=["status", "error", "latency_ms_p50"]), hide_index=True,
              key="detail_cases")
 data.csv_download(table, f"run_{run_id}_{device}", "dl_cases")
