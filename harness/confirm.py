@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from devices.inventory import DeviceConfig, Inventory
-from harness.controller import REPO_ROOT, AgentSession, LocalAgent
+from harness.controller import DEFAULT_WAIT_TIMEOUT_S, REPO_ROOT, AgentSession, LocalAgent
 from results.regress import Finding, short_history_change
 from workloads.errors import HarnessError
 from workloads.matrix import MeasureConfig
@@ -63,7 +63,9 @@ def _measure_once(device: DeviceConfig, code_root: Path, case: dict[str, Any], m
     # A fresh run id each time: the agent replays results it has journaled for a run id.
     plan = {"run_id": f"confirm-{code_root.name}-{uuid.uuid4().hex[:8]}", "device": device.name, "seed": 0,
             "cases": [{"hash": case_hash(case), "case": case}], "measure": measure.to_dict(),
-            "workdir": device.workdir, "power": None}
+            "workdir": device.workdir, "power": None,
+            # Re-measuring waits for a device another run holds, as a run does (bounded the same way).
+            "wait_timeout_s": DEFAULT_WAIT_TIMEOUT_S}
     session = start(device, plan, code_root)
     samples: list[float] = []
     try:

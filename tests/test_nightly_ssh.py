@@ -16,7 +16,7 @@ defaults: {heads: 2, head_dim: 16, threads: 1}
 matrix:
   precision: [fp32, bf16]
   seq_len: [64]
-measure: {warmup_s: 0.05, min_time_s: 0.3, min_samples: 15, max_time_s: 5, timeout_s: 60}
+measure: {warmup_s: 0.05, min_time_s: 0.3, min_samples: 15, max_time_s: 5, timeout_s: 60, max_cpu_other: 1.0}
 """
 
 
