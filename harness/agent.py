@@ -113,7 +113,8 @@ def _die_with_parent() -> None:
 
 
 def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | None) -> str | None:
-    """Why a case cannot run here, found before starting a worker: a missing backend or too little memory."""
+    """Why a case cannot run here, found before starting a worker: a missing backend, an op the probe's canary
+    saw die (SIGILL: a build for another CPU), or too little memory."""
     from workloads.memory import memory_skip_reason
 
     modules = caps.get("modules", {})
@@ -121,7 +122,7 @@ def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | N
         if not modules.get(module):
             return (f"{module} is not installed in the device's python ({sys.executable}); the harness never "
                     f"installs packages on a device: install it there, or leave this backend out for it")
-    return memory_skip_reason(case, available_mb)
+    return probe.canary_skip_reason(case, caps) or memory_skip_reason(case, available_mb)
 
 
 def _available_mb(worker: "Worker | None") -> float | None:

@@ -161,6 +161,8 @@ def runs(source: Any, limit: int | None = None) -> pd.DataFrame:
     for run_id, name in devs:
         by_run.setdefault(run_id, []).append(name)
     df.insert(4, "devices", [", ".join(by_run.get(r, [])) for r in df["run_id"]])
+    emulated = emulated_devices(engine, list(df["run_id"]) if limit else None)
+    df.insert(5, "emulated", [", ".join(emulated.get(r, [])) for r in df["run_id"]])
     for st in (*STATUSES, "measurements"):
         df[st] = df[st].astype(int)
     return df
@@ -196,6 +198,21 @@ def run_devices(source: Any, run_ids: Sequence[str]) -> pd.DataFrame:
     with engine.connect() as conn:
         return _frame(conn.execute(q), ["run_id", "device", "status", "error", "env_key", "fingerprint",
                                         "idle_power_w", "power_source"])
+
+
+def emulated_devices(source: Any, run_ids: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """By run: the devices whose fingerprint says they ran under an emulator (their timings are not a real
+    CPU's). Read in SQL from the JSON, so a list of runs does not load every fingerprint."""
+    engine = engine_of(source)
+    q = (select(RunDevice.run_id, Device.name).join(Device, Device.id == RunDevice.device_id)
+         .where(RunDevice.fingerprint["emulated"].as_boolean().is_(True)).order_by(RunDevice.run_id, Device.name))
+    if run_ids is not None:
+        q = q.where(RunDevice.run_id.in_(list(run_ids)))
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for run_id, name in conn.execute(q):
+            out.setdefault(run_id, []).append(name)
+    return out
 
 
 def run_info(source: Any, run_id: str) -> dict[str, Any]:
@@ -359,7 +376,8 @@ def series(source: Any, device: str, case_hash: str, metric: str = "latency_ms_p
         raise StoreError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     engine = engine_of(source)
     q = (select(Run.id, Run.started_at, Run.git_revision, Run.harness_version, Measurement.id, Measurement.status,
-                Measurement.error, getattr(Measurement, metric), Measurement.throttled, RunDevice.env_key)
+                Measurement.error, getattr(Measurement, metric), Measurement.throttled, RunDevice.env_key,
+                func.coalesce(RunDevice.fingerprint["emulated"].as_boolean(), False))
          .join(Run, Run.id == Measurement.run_id).join(Device, Device.id == Measurement.device_id)
          .join(Case, Case.id == Measurement.case_id)
          .outerjoin(RunDevice, and_(RunDevice.run_id == Measurement.run_id,
@@ -367,7 +385,7 @@ def series(source: Any, device: str, case_hash: str, metric: str = "latency_ms_p
          .where(Device.name == device, Case.hash == case_hash).order_by(Run.started_at, Run.id))
     with engine.connect() as conn:
         return _frame(conn.execute(q), ["run_id", "started_at", "git_revision", "harness_version", "measurement_id",
-                                        "status", "error", "value", "throttled", "env_key"])
+                                        "status", "error", "value", "throttled", "env_key", "emulated"])
 
 
 def fingerprints(source: Any, device: str, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -650,9 +650,12 @@ class Store:
                                         .join(Device, Device.id == RunDevice.device_id).order_by(RunDevice.id),
                                         RunDevice.run_id, ids):
                 names.setdefault(rid, []).append(name)
-            return [{"run_id": run.id, "started_at": run.started_at, "status": run.status,
-                     "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
-                     "counts": counts.get(run.id, {})} for run in runs]
+        from .queries import emulated_devices
+
+        emulated = emulated_devices(self.engine, ids)
+        return [{"run_id": run.id, "started_at": run.started_at, "status": run.status,
+                 "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
+                 "emulated": emulated.get(run.id, []), "counts": counts.get(run.id, {})} for run in runs]
 
     def status_counts(self, run_id: str) -> dict[str, int]:
         """Stored measurements of a run by status (ok, failed, skipped, timeout)."""
