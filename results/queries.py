@@ -413,16 +413,18 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
     recent = (select(ranked.c.run_id, ranked.c.device_id, ranked.c.device, ranked.c.started_at, ranked.c.rn)
               .where(ranked.c.rn <= history).subquery("recent"))
     q = (select(recent.c.device, recent.c.run_id, recent.c.started_at, recent.c.rn, m.c.id, m.c.case_id,
-                m.c.latency_ms_p50, m.c.throttled, RunDevice.env_key)
+                m.c.latency_ms_p50, m.c.throttled, RunDevice.env_key,
+                func.coalesce(RunDevice.fingerprint["emulated"].as_boolean(), False))
          .select_from(recent)
          .join(m, and_(m.c.run_id == recent.c.run_id, m.c.device_id == recent.c.device_id, m.c.status == "ok",
                        m.c.latency_ms_p50 > 0))
          .join(RunDevice, and_(RunDevice.run_id == recent.c.run_id, RunDevice.device_id == recent.c.device_id)))
-    cols = ["device", "run_id", "started_at", "rn", "measurement_id", "case_id", "p50", "throttled", "env_key"]
+    cols = ["device", "run_id", "started_at", "rn", "measurement_id", "case_id", "p50", "throttled", "env_key",
+            "emulated"]
     with engine.connect() as conn:
         df = _frame(conn.execute(q), cols)
     empty = pd.DataFrame(columns=["device", "case", "case_hash", "run_id", "started_at", "status", "change_pct",
-                                  "before_ms", "after_ms", "p_value", "reason"])
+                                  "before_ms", "after_ms", "p_value", "reason", "emulated"])
     if df.empty:
         return empty
     # Vectorised prefilter: newest p50 against the median of the older ones, per (device, case).
@@ -448,9 +450,12 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
     out = []
     for device, case_id, g in suspects:
         runs_ = []
-        for mid, p50, run_id, t, key, thr in zip(g["measurement_id"], g["p50"], g["run_id"], g["started_at"],
-                                                 g["env_key"], g["throttled"]):
-            fields: dict[str, Any] = dict(samples=raw.get(int(mid), [p50]), run_id=run_id, started_at=t, key=key)
+        # The newest run is held only against runs of its own kind: emulated timings never meet real ones.
+        kind = bool(g["emulated"].iloc[-1])
+        for mid, p50, run_id, t, key, thr, emu in zip(g["measurement_id"], g["p50"], g["run_id"], g["started_at"],
+                                                      g["env_key"], g["throttled"], g["emulated"]):
+            values = raw.get(int(mid), [p50]) if bool(emu) == kind else []
+            fields: dict[str, Any] = dict(samples=values, run_id=run_id, started_at=t, key=key)
             if can_mark_throttled:
                 fields["throttled"] = bool(thr)
             runs_.append(detect.Run(**fields))
@@ -462,7 +467,7 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
                     "started_at": verdict.started_at, "status": verdict.status, "change_pct": verdict.change_pct,
                     "before_ms": verdict.before.median if verdict.before else None,
                     "after_ms": verdict.after.median if verdict.after else None, "p_value": verdict.p_value,
-                    "reason": verdict.reason})
+                    "reason": verdict.reason, "emulated": kind})
     return pd.DataFrame(out, columns=list(empty.columns)) if out else empty
 
 
