@@ -29,7 +29,7 @@ def emulation_warning(devices: Sequence[str]) -> str | None:
     """The line shown above results of devices that ran under an emulator, or None."""
     if not devices:
         return None
-    return (f"EMULATED: {', '.join(devices)} ran under an emulator: their timings are the emulator's on the "
+    return (f"EMULATED: {', '.join(devices)} ran under an emulator; timings measured there are the emulator's on the "
             "host CPU, not a real device's, and are never compared with real runs")
 
 
