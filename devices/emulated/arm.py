@@ -183,14 +183,14 @@ def _run(cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None, ti
 
 
 # -- the arm64 userland --------------------------------------------------------------------------------------
-def debian_sources() -> str:
+def debian_sources(etc: Path = Path("/etc/apt")) -> str:
     """The host's Debian archive entries (deb822 stanzas or one-line `deb` lines), for arm64.
 
     Only entries of the Debian archive (a URI ending in /debian or /debian-security, or signed by its
     keyring): third-party repositories rarely carry arm64 and could fail the update.
     """
     stanzas: list[str] = []
-    files = [Path("/etc/apt/sources.list")] + sorted(Path("/etc/apt/sources.list.d").glob("*"))
+    files = [etc / "sources.list"] + sorted((etc / "sources.list.d").glob("*"))
     for path in files:
         if not path.is_file():
             continue
