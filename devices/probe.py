@@ -264,7 +264,7 @@ def _module_version(name: str) -> str | None:
 # qemu). PyPI's aarch64 torch builds that link Arm Performance Libraries use ARMv8.1 atomics in BLAS, which a
 # Pi 4's Cortex-A72 lacks. Forks of a process that has torch imported cost a few ms; onnxruntime's import
 # (0.2 s on a desktop, 1.3 s under qemu) is paid once, in its own child.
-CANARY_TIMEOUT_S = 60.0
+CANARY_TIMEOUT_S = 30.0
 # What each backend's cases need: every case builds its inputs and its float64 reference with torch.
 CANARY_NEEDS = {"torch": ("torch.mm fp32", "torch.mm fp64", "torch.sdpa fp32"),
                 "onnxruntime": ("torch.mm fp32", "torch.mm fp64", "onnxruntime")}

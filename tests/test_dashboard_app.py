@@ -307,7 +307,8 @@ def test_pages_label_an_emulated_device_and_trends_keep_its_runs_apart(tmp_path:
     for fp, median in ((real, 10.0), (emulated, 900.0)):
         run_id = store.create_run(matrix_name="arm", matrix_text="", measure={}, devices=["a72"])
         store.set_run_device(run_id, "a72", status="complete", fingerprint=fp)
-        store.add_result(run_id, "a72", case, {"status": "ok", "samples_ms": [median * (1 + i / 100) for i in range(5)]})
+        samples = [median * (1 + i / 100) for i in range(5)]
+        store.add_result(run_id, "a72", case, {"status": "ok", "samples_ms": samples})
         store.finish_run(run_id, "complete")
         runs.append(run_id)
     monkeypatch.setenv("HARNESS_DB", url)

@@ -18,7 +18,8 @@ from harness.checks import summarize_fingerprint
 
 # AT_HWCAP as qemu 7.2 shows it for -cpu cortex-a72 and cortex-a76 (shared/reference/qemu-aarch64.md).
 A72_HWCAP, A76_HWCAP = 0x8FB, 0x119FFB
-X86_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+X86_CPUINFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+               "flags\t\t: fpu avx2 avx512f avx512_vnni\n")
 
 
 def plant(root: Path, files: dict[str, str | bytes]) -> Path:

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from devices.probe import hwcap_features
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / ".devices" / "arm"
 GUEST_PYTHON = "/usr/bin/python3.11"
@@ -455,9 +457,6 @@ def cpuinfo_text(cpu: Cpu, features: Sequence[str], cores: int) -> str:
 def make_prefix(layout: Layout, qemu: str, cpu: Cpu) -> Path:
     """The qemu prefix of one CPU: the sysroot's top-level directories linked in, plus its /proc/cpuinfo,
     MIDR in sysfs and a device-tree model that says it is emulated."""
-    sys.path.insert(0, str(REPO_ROOT))
-    from devices.probe import hwcap_features
-
     prefix = layout.prefix(cpu)
     prefix.mkdir(parents=True, exist_ok=True)
     for entry in layout.sysroot.iterdir():
