@@ -100,8 +100,11 @@ class BuildError(Exception):
     """The recipe cannot go on; the message says what is missing and what to do."""
 
 
+_T0 = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(f"arm-devices: {message}", file=sys.stderr, flush=True)
+    print(f"arm-devices [{time.monotonic() - _T0:5.1f} s]: {message}", file=sys.stderr, flush=True)
 
 
 # -- paths -------------------------------------------------------------------------------------------------
