@@ -46,7 +46,9 @@ def qemu_unusable() -> str | None:
         subprocess.run([qemu, "--version"], check=True, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{qemu} does not run here: {exc}"
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+    stamp = arm.Layout(arm.DEFAULT_ROOT).stamp
+    built = stamp.exists() and stamp.read_text().strip() == arm.recipe_digest()
+    if not built and (not shutil.which("apt-get") or not shutil.which("dpkg-deb")):
         return "no apt-get/dpkg-deb to fetch the arm64 userland (the recipe needs a Debian or Ubuntu host)"
     return None
 
