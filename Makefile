@@ -8,9 +8,17 @@ PIP     := $(PY) -m pip
 # without a GPU. pyproject keeps the range loose for users (Jetsons need NVIDIA's builds).
 TORCH_CPU ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
-APT_TEST_PACKAGES := openssh-server openssh-client chromium postgresql
+# qemu-user runs the emulated aarch64 devices; iproute2 puts test devices behind real (namespaced) links.
+APT_ARM_PACKAGES := qemu-user-static
+APT_TEST_PACKAGES := openssh-server openssh-client chromium postgresql iproute2 $(APT_ARM_PACKAGES)
+APT_INSTALL = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
-.PHONY: demo test install system-deps clean bench
+.PHONY: demo test install system-deps clean bench arm-devices
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +32,16 @@ endif
 
 install: $(VENV)/.installed
 
-# System packages the tests use: real OpenSSH servers, headless Chromium, a PostgreSQL server.
+# System packages the tests use: real OpenSSH servers, headless Chromium, a PostgreSQL server, qemu-user and
+# iproute2.
 system-deps:
-	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@$(call APT_INSTALL,$(APT_TEST_PACKAGES))
+
+# Emulated aarch64 devices (a Pi 4's Cortex-A72, a Cortex-A76 with the dot product) under .devices/arm/:
+# `python:` in the inventory points at .devices/arm/python-a72 and python-a76. Downloads are cached there.
+arm-devices: $(VENV)/.installed
+	@$(call APT_INSTALL,$(APT_ARM_PACKAGES))
+	$(PY) -m devices.emulated.arm
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/harness run --devices local --matrix sweeps/quick.yaml; rc=$$?; \

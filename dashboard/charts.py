@@ -81,8 +81,20 @@ def run_label(row: Mapping[str, Any]) -> str:
     if row.get("tag"):
         parts.append(f"tag {row['tag']}")
     if row.get("devices"):
-        parts.append(str(row["devices"]))
+        emulated = set(str(row.get("emulated") or "").split(", ")) - {""}
+        parts.append(", ".join(d + " (emulated)" if d in emulated else d for d in str(row["devices"]).split(", ")))
     return " · ".join(p for p in parts if p)
+
+
+def emulation_note(device: str, fingerprint: Mapping[str, Any] | None) -> str | None:
+    """The warning a page shows over an emulated device's results, or None for a real device."""
+    if not fingerprint or not fingerprint.get("emulated"):
+        return None
+    emu = fingerprint.get("emulation") or {}
+    cpu = f" -cpu {emu['cpu']}" if emu.get("cpu") else ""
+    return (f"{device} ran under an emulator ({emu.get('emulator') or 'unknown'}{cpu} on "
+            f"{emu.get('host_cpu') or 'an unknown host CPU'}): its timings are the emulator's on the host, not a "
+            f"real {fingerprint.get('cpu_model') or 'device'}'s. Compare and regress keep them apart from real runs.")
 
 
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:

@@ -152,14 +152,19 @@ def trend(url: str, device: str, case_hash: str, metric: str) -> tuple[pd.DataFr
     raw: dict[int, list[float]] = {}
     if metric == "latency_ms_p50":
         raw = queries.samples(e, [int(i) for i in series.loc[usable, "measurement_id"]])
-    runs_ = []
-    for row, ok in zip(series.to_dict(orient="records"), usable):
-        values = (raw.get(int(row["measurement_id"])) or [float(row["value"])]) if ok else []
-        runs_.append(detect.Run(samples=values, run_id=row["run_id"], started_at=row["started_at"],
-                                key=row["env_key"]))
-    n_ok = int(usable.sum())
     lower = queries.METRICS[metric].lower_is_better
-    changes = detect.detect_change_points(runs_, lower_is_better=lower, min_runs=MIN_RUNS_PER_SIDE)
+    changes = []
+    # Emulated and real runs are separate histories: each pass blanks the other kind's runs (detect ignores a
+    # run without samples but keeps its index), so no step is ever placed between an emulated and a real run.
+    for kind in sorted({bool(flag) for flag in series["emulated"]}):
+        runs_ = []
+        for row, ok in zip(series.to_dict(orient="records"), usable):
+            values = (raw.get(int(row["measurement_id"])) or [float(row["value"])]) if ok else []
+            runs_.append(detect.Run(samples=values if bool(row["emulated"]) == kind else [], run_id=row["run_id"],
+                                    started_at=row["started_at"], key=row["env_key"]))
+        changes += detect.detect_change_points(runs_, lower_is_better=lower, min_runs=MIN_RUNS_PER_SIDE)
+    changes.sort(key=lambda cp: cp.index)
+    n_ok = int(usable.sum())
     note = None
     if n_ok < 2 * MIN_RUNS_PER_SIDE:
         note = (f"{n_ok} run(s) with a result: a change point needs at least {MIN_RUNS_PER_SIDE} on each side "

@@ -133,7 +133,8 @@ def usable_cpus() -> int:
 def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | None,
              measure_cfg: dict[str, Any] | None = None) -> str | None:
     """Why a case cannot run here, found before starting a worker: a missing backend, too little memory,
-    or more threads than CPUs (unless measure.allow_oversubscribe)."""
+    an op the probe's canary saw die (SIGILL: a build for another CPU), or more threads than CPUs
+    (unless measure.allow_oversubscribe)."""
     from workloads.memory import memory_skip_reason
 
     modules = caps.get("modules", {})
@@ -146,7 +147,7 @@ def precheck(case: dict[str, Any], caps: dict[str, Any], available_mb: float | N
         return (f"threads {threads} is more than the {cpus} CPU(s) this device lets the harness use: threads "
                 f"would share CPUs and time each other. Use threads <= {cpus} for this device, or set "
                 "measure.allow_oversubscribe: true to measure it anyway")
-    return memory_skip_reason(case, available_mb)
+    return probe.canary_skip_reason(case, caps) or memory_skip_reason(case, available_mb)
 
 
 def _available_mb(worker: "Worker | None") -> float | None:

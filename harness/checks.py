@@ -32,6 +32,7 @@ def summarize_fingerprint(fp: Mapping[str, Any]) -> dict[str, Any]:
         cores += " (" + " + ".join(f"{len(c['cpus'])}x {c['max_khz'] // 1000 if c['max_khz'] else '?'} MHz"
                                    for c in clusters) + ")"
     return {
+        "emulated": _emulated(fp),
         "arch": fp.get("arch"), "cpu": fp.get("cpu_model"), "board": fp.get("board") or "-", "cores": cores,
         "isa": " ".join(fp.get("isa") or []) or "-",
         "int8 dot product": " ".join(fp.get("int8_dot") or []) or "none (int8 runs without a fast path)",
@@ -39,12 +40,32 @@ def summarize_fingerprint(fp: Mapping[str, Any]) -> dict[str, Any]:
         "os": f"{fp.get('os')}, kernel {fp.get('kernel')}",
         "python": f"{fp.get('python')} ({fp.get('python_version')})",
         "torch": fp.get("torch") or "not installed", "onnxruntime": fp.get("onnxruntime") or "not installed",
+        "backend canary": _canary(fp.get("canary")),
         "cuda": fp.get("cuda_device") or "-", "governor": fp.get("governor") or "unknown",
         "temperature": _temperature(fp.get("thermal") or {}),
         "throttling": _throttling(fp.get("thermal") or {}),
         "disk free": f"{fp.get('disk_free_mb')} MB in {fp.get('workdir')}",
         **_power_lines(fp.get("power_report")),
     }
+
+
+def _emulated(fp: Mapping[str, Any]) -> str:
+    """'no', or in capitals what emulates the device: its timings must never pass for a real CPU's."""
+    if not fp.get("emulated"):
+        return "no"
+    emu = fp.get("emulation") or {}
+    cpu = f" -cpu {emu['cpu']}" if emu.get("cpu") else ""
+    return (f"YES: {emu.get('emulator') or 'an emulator'}{cpu} on {emu.get('host_cpu') or 'an unknown host CPU'}. "
+            "Timings are the emulator's, not a real device's; runs are kept apart from real ones")
+
+
+def _canary(canary: Mapping[str, str] | None) -> str:
+    if not canary:
+        return "not run (no torch or onnxruntime)"
+    failed = {op: outcome for op, outcome in canary.items() if outcome != "ok"}
+    if not failed:
+        return f"{len(canary)} ops ok"
+    return "; ".join(f"{op}: {outcome}" for op, outcome in failed.items()) + " (cases that need them are skipped)"
 
 
 def _temperature(thermal: Mapping[str, Any]) -> str:

@@ -134,9 +134,12 @@ def _cpu_other(r: Mapping[str, Any]) -> str:
 
 
 def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> None:
+    from harness.report import device_label, emulation_warning
     from results.exchange import export_rows
+    from results.queries import emulated_devices
 
     rows = export_rows(store, [outcome.run_id])
+    emulated = emulated_devices(store, [outcome.run_id]).get(outcome.run_id, [])
     table = Table(title=f"run {outcome.run_id} ({outcome.status})")
     for col in ("device", "case", "status", "p50 ms", "p90 ms", "n", "peak MB", "cos_sim", "rel_err",
                 "mJ/inf", "cpu other"):
@@ -144,7 +147,8 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> 
     from workloads.spec import case_label
 
     for r in rows:
-        table.add_row(r["device"], case_label(r), r["status"], _fmt(r["latency_ms_p50"]), _fmt(r["latency_ms_p90"]),
+        table.add_row(escape(device_label(r["device"], r["device"] in emulated)), case_label(r), r["status"],
+                      _fmt(r["latency_ms_p50"]), _fmt(r["latency_ms_p90"]),
                       _fmt(r["n_samples"]), _fmt(r["peak_mem_mb"], 0), _fmt(r["cos_sim"], 6), _fmt(r["rel_err"], 4),
                       _fmt(r["energy_mj_per_inf"]), _cpu_other(r))
     console.print(table)
@@ -154,6 +158,9 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> 
         err_console.print(f"[yellow]warning:[/] {len(contended)} case(s) were measured while other processes used "
                           f"the CPUs (up to {worst:.0%}; marked '!'): their latencies are not a quiet device's. "
                           "Stop the other load, or set measure.on_contention: wait (or retry), and re-run them.")
+    warning = emulation_warning(emulated)
+    if warning:
+        console.print("[yellow bold]" + escape(warning) + "[/]")
     for r in rows:
         if r["status"] in ("failed", "timeout", "skipped") and r["error"]:
             console.print(f"[yellow]{r['status']}[/] " + escape(f"{r['device']} {case_label(r)}: {r['error']}"))
@@ -259,9 +266,11 @@ def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
             unreachable += 1
             console.print(f"[red]{escape(name)}: unreachable[/] " + escape(str(result)))
             continue
-        console.print(f"[bold]{escape(name)}[/]")
+        emulated = str(result.get("emulated", "no")) != "no"
+        console.print(f"[bold]{escape(name)}[/]" + (" [yellow bold](EMULATED)[/]" if emulated else ""))
         for key, value in result.items():
-            console.print(escape(f"  {key:<16} {value}"))
+            line = escape(f"  {key:<16} {value}")
+            console.print(f"[yellow bold]{line}[/]" if key == "emulated" and emulated else line)
         if power_failed(result):
             unreachable += 1
     sys.exit(1 if unreachable else 0)
@@ -325,10 +334,13 @@ def results_list(limit: int, db: str | None) -> None:
     table = Table()
     for col in ("run id", "started (UTC)", "status", "matrix", "tag", "devices", "results"):
         table.add_column(col)
+    from harness.report import device_label
+
     for r in store.list_runs(limit):
         counts = ", ".join(f"{n} {s}" for s, n in sorted(r["counts"].items()))
+        devices = ",".join(device_label(d, d in r["emulated"]) for d in r["devices"])
         table.add_row(r["run_id"], r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), r["status"], r["matrix"],
-                      r["tag"] or "-", ",".join(r["devices"]), counts or "-")
+                      r["tag"] or "-", escape(devices), counts or "-")
     console.print(table)
 
 
@@ -428,6 +440,11 @@ def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: f
         return
     for d in result.stable_diffs:
         console.print(f"[red bold]NOT COMPARABLE[/] " + escape(f"{d.device}: {d.field} {d.a!r} -> {d.b!r}"))
+    from harness.report import emulation_warning
+
+    warning = emulation_warning(result.emulated_devices)
+    if warning:
+        console.print("[yellow bold]" + escape(warning) + "[/]")
     table = Table(title=f"A = {result.run_a}, B = {result.run_b} (speedup = A/B, > 1 means B is faster)")
     for col in ("device", "case", "A p50 ms", "B p50 ms", "speedup", "95% CI", "verdict"):
         table.add_column(col, justify="right" if "ms" in col or col in ("speedup", "95% CI") else "left")

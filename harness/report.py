@@ -17,6 +17,22 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
+EMULATED = " (emulated)"
+
+
+def device_label(device: str, emulated: bool) -> str:
+    """A device name as tables show it: emulated devices say so wherever their timings appear."""
+    return device + EMULATED if emulated else device
+
+
+def emulation_warning(devices: Sequence[str]) -> str | None:
+    """The line shown above results of devices that ran under an emulator, or None."""
+    if not devices:
+        return None
+    return (f"EMULATED: {', '.join(devices)} ran under an emulator; timings measured there are the emulator's on the "
+            "host CPU, not a real device's, and are never compared with real runs")
+
+
 def findings_json(findings: Sequence[Any]) -> str:
     return json.dumps([f.to_dict() for f in findings], indent=1, default=str)
 
@@ -24,8 +40,9 @@ def findings_json(findings: Sequence[Any]) -> str:
 def _line(f: Any) -> str:
     unit = UNITS.get(f.metric, "")
     differs = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in f.differs.items()) or "nothing recorded"
-    return (f"{f.direction.upper()} {f.device} {case_label(f.case)} {f.metric}: {_num(f.before)} {unit} "
-            f"[{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] -> {_num(f.after)} {unit} "
+    return (f"{f.direction.upper()} {device_label(f.device, f.emulated)} {case_label(f.case)} {f.metric}: "
+            f"{_num(f.before)} {unit} [{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] -> "
+            f"{_num(f.after)} {unit} "
             f"[{_num(f.after_interval[0])}, {_num(f.after_interval[1])}] ({f.change_pct:+.1f}%), "
             f"first in run {f.run_id} at {f.started_at}; {f.statistic_name} = {_num(f.statistic)}, "
             f"p = {f.p_value:.2g}; runs before {len(f.runs_before)}, after {len(f.runs_after)}; "
@@ -35,7 +52,8 @@ def _line(f: Any) -> str:
 def findings_text(findings: Sequence[Any], *, mode: str) -> str:
     if not findings:
         return "no regressions or improvements found" if mode == "latest" else "no change points in the history"
-    return "\n".join(_line(f) for f in findings)
+    warning = emulation_warning(sorted({f.device for f in findings if f.emulated}))
+    return "\n".join(([warning] if warning else []) + [_line(f) for f in findings])
 
 
 def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
@@ -45,6 +63,9 @@ def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
     out.append(f"{len(regressions)} regression(s), {len(improvements)} improvement(s)"
                + (" against each series' stable history." if mode == "latest" else " in the stored history."))
     out.append("")
+    warning = emulation_warning(sorted({f.device for f in findings if f.emulated}))
+    if warning:
+        out += [f"> {warning}", ""]
     for heading, group in (("Regressions", regressions), ("Improvements", improvements)):
         if not group:
             continue
@@ -53,7 +74,8 @@ def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
                 "|---|---|---|---|---|---|---|---|---|"]
         for f in group:
             differs = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in f.differs.items()) or "-"
-            out.append(f"| {f.device} | {case_label(f.case)} | {f.metric} | {_num(f.before)} "
+            out.append(f"| {device_label(f.device, f.emulated)} | {case_label(f.case)} | {f.metric} | "
+                       f"{_num(f.before)} "
                        f"[{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] | {_num(f.after)} "
                        f"[{_num(f.after_interval[0])}, {_num(f.after_interval[1])}] | {f.change_pct:+.1f}% | "
                        f"`{f.run_id}` | {f.statistic_name} {_num(f.statistic)}, p={f.p_value:.2g} | {differs} |")
@@ -63,10 +85,11 @@ def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
 
 def comparison_rows(comparison: Any) -> list[list[str]]:
     rows = []
+    emulated = set(getattr(comparison, "emulated_devices", ()))
     for c in comparison.cases:
         ci = f"[{c.ci_low:.3f}, {c.ci_high:.3f}]" if c.ci_low is not None else "-"
         verdict = c.verdict + (" (contended!)" if c.contended else "")
-        rows.append([c.device, c.label, _ms(c.a.median_ms), _ms(c.b.median_ms),
+        rows.append([device_label(c.device, c.device in emulated), c.label, _ms(c.a.median_ms), _ms(c.b.median_ms),
                      f"{c.speedup:.3f}" if c.speedup is not None else "-", ci, verdict])
     return rows
 

@@ -13,7 +13,9 @@ Conventions:
 - `skipped` (the kernel cannot run there) counts as absent, not as a failure; `failed` and `timeout` are
   failures: ok -> failure is `newly failing`, failure -> ok is `fixed`.
 - Two runs are comparable on a device when the stable fields of its fingerprint (hardware, OS, kernel,
-  library versions; `devices.probe.STABLE_FIELDS`) agree. Otherwise `compare_runs` refuses with
+  library versions; `devices.probe.STABLE_FIELDS`) agree, and so does its emulation: a device that ran under
+  an emulator (`emulated: true`) is comparable only with the same emulation of the same CPU on the same
+  host CPU, never with a real device. Otherwise `compare_runs` refuses with
   `IncomparableRuns`, which names the fields, unless `force=True`; forced results carry the differences.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from devices.probe import STABLE_FIELDS as _PROBE_STABLE_FIELDS
+from devices.probe import emulation_key
 from workloads.errors import HarnessError
 from workloads.spec import CASE_COLUMNS, case_label
 from workloads.stats import bootstrap_ratio_ci
@@ -108,6 +111,8 @@ class Comparison:
     min_effect: float
     confidence: float
     counts: Mapping[str, int] = field(default_factory=dict)
+    # Devices that ran under an emulator in either run: their timings are not a real CPU's.
+    emulated_devices: tuple[str, ...] = ()
 
     @property
     def comparable(self) -> bool:
@@ -257,11 +262,27 @@ def environment_diff(fp_a: Mapping[str, Mapping[str, Any] | None], fp_b: Mapping
             for name in fields:
                 if _norm(a.get(name)) != _norm(b.get(name)):
                     diffs.append(FieldDiff(device, name, a.get(name), b.get(name), scope))
+        ea, eb = emulation_key(a), emulation_key(b)
+        if ea != eb:
+            diffs.append(FieldDiff(device, "emulated", describe_emulation(ea), describe_emulation(eb), "stable"))
     if run_a is not None and run_b is not None:
         for name in RUN_FIELDS:
             if run_a.get(name) != run_b.get(name):
                 diffs.append(FieldDiff(None, name, run_a.get(name), run_b.get(name), "run"))
     return diffs
+
+
+def describe_emulation(key: Mapping[str, Any] | None) -> str:
+    """'real hardware', or 'emulated: qemu-aarch64-static -cpu cortex-a72 on AMD EPYC'."""
+    if key is None:
+        return "real hardware"
+    cpu = f" -cpu {key['cpu']}" if key.get("cpu") else ""
+    return f"emulated: {key.get('emulator') or 'an emulator'}{cpu} on {key.get('host_cpu') or 'an unknown host CPU'}"
+
+
+def emulated_in(*fingerprints: Mapping[str, Mapping[str, Any] | None]) -> tuple[str, ...]:
+    """The devices whose fingerprint says emulated in any of the given {device: fingerprint} maps."""
+    return tuple(sorted({d for fps in fingerprints for d, fp in fps.items() if emulation_key(fp) is not None}))
 
 
 def _norm(value: Any) -> Any:
@@ -331,4 +352,5 @@ def compare_runs(store: Any, run_a: str, run_b: str, *, devices: Sequence[str] |
                           n_boot=n_boot, seed=seed)
     return Comparison(run_a=run_a, run_b=run_b, cases=tuple(cases),
                       geomean=geometric_mean(c.speedup for c in cases), env_diffs=tuple(diffs),
-                      min_effect=min_effect, confidence=confidence, counts=status_counts(cases))
+                      min_effect=min_effect, confidence=confidence, counts=status_counts(cases),
+                      emulated_devices=emulated_in(fp_a, fp_b))

@@ -61,6 +61,11 @@ SUMMARY_COLUMNS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latenc
                    "cos_sim", "rel_err", "max_abs_err", "throttled", "cpu_other", "contended")
 
 
+def _flag(value: Any) -> bool:
+    """A stored boolean from a frame: NULL (None or NaN) is False."""
+    return bool(value) if value is not None and value == value else False
+
+
 def engine_of(source: Any) -> Engine:
     """The engine of a `Store`, or the engine itself."""
     return getattr(source, "engine", source)
@@ -161,6 +166,8 @@ def runs(source: Any, limit: int | None = None) -> pd.DataFrame:
     for run_id, name in devs:
         by_run.setdefault(run_id, []).append(name)
     df.insert(4, "devices", [", ".join(by_run.get(r, [])) for r in df["run_id"]])
+    emulated = emulated_devices(engine, list(df["run_id"]) if limit else None)
+    df.insert(5, "emulated", [", ".join(emulated.get(r, [])) for r in df["run_id"]])
     for st in (*STATUSES, "measurements"):
         df[st] = df[st].astype(int)
     return df
@@ -196,6 +203,21 @@ def run_devices(source: Any, run_ids: Sequence[str]) -> pd.DataFrame:
     with engine.connect() as conn:
         return _frame(conn.execute(q), ["run_id", "device", "status", "error", "env_key", "fingerprint",
                                         "idle_power_w", "power_source"])
+
+
+def emulated_devices(source: Any, run_ids: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """By run: the devices whose fingerprint says they ran under an emulator (their timings are not a real
+    CPU's). Read in SQL from the JSON, so a list of runs does not load every fingerprint."""
+    engine = engine_of(source)
+    q = (select(RunDevice.run_id, Device.name).join(Device, Device.id == RunDevice.device_id)
+         .where(RunDevice.fingerprint["emulated"].as_boolean().is_(True)).order_by(RunDevice.run_id, Device.name))
+    if run_ids is not None:
+        q = q.where(RunDevice.run_id.in_(list(run_ids)))
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for run_id, name in conn.execute(q):
+            out.setdefault(run_id, []).append(name)
+    return out
 
 
 def run_info(source: Any, run_id: str) -> dict[str, Any]:
@@ -359,7 +381,8 @@ def series(source: Any, device: str, case_hash: str, metric: str = "latency_ms_p
         raise StoreError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     engine = engine_of(source)
     q = (select(Run.id, Run.started_at, Run.git_revision, Run.harness_version, Measurement.id, Measurement.status,
-                Measurement.error, getattr(Measurement, metric), Measurement.throttled, RunDevice.env_key)
+                Measurement.error, getattr(Measurement, metric), Measurement.throttled, RunDevice.env_key,
+                func.coalesce(RunDevice.fingerprint["emulated"].as_boolean(), False))
          .join(Run, Run.id == Measurement.run_id).join(Device, Device.id == Measurement.device_id)
          .join(Case, Case.id == Measurement.case_id)
          .outerjoin(RunDevice, and_(RunDevice.run_id == Measurement.run_id,
@@ -367,7 +390,7 @@ def series(source: Any, device: str, case_hash: str, metric: str = "latency_ms_p
          .where(Device.name == device, Case.hash == case_hash).order_by(Run.started_at, Run.id))
     with engine.connect() as conn:
         return _frame(conn.execute(q), ["run_id", "started_at", "git_revision", "harness_version", "measurement_id",
-                                        "status", "error", "value", "throttled", "env_key"])
+                                        "status", "error", "value", "throttled", "env_key", "emulated"])
 
 
 def fingerprints(source: Any, device: str, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -395,17 +418,18 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
     recent = (select(ranked.c.run_id, ranked.c.device_id, ranked.c.device, ranked.c.started_at, ranked.c.rn)
               .where(ranked.c.rn <= history).subquery("recent"))
     q = (select(recent.c.device, recent.c.run_id, recent.c.started_at, recent.c.rn, m.c.id, m.c.case_id,
-                m.c.latency_ms_p50, m.c.throttled, m.c.contended, RunDevice.env_key)
+                m.c.latency_ms_p50, m.c.throttled, m.c.contended, RunDevice.env_key,
+                func.coalesce(RunDevice.fingerprint["emulated"].as_boolean(), False))
          .select_from(recent)
          .join(m, and_(m.c.run_id == recent.c.run_id, m.c.device_id == recent.c.device_id, m.c.status == "ok",
                        m.c.latency_ms_p50 > 0))
          .join(RunDevice, and_(RunDevice.run_id == recent.c.run_id, RunDevice.device_id == recent.c.device_id)))
     cols = ["device", "run_id", "started_at", "rn", "measurement_id", "case_id", "p50", "throttled", "contended",
-            "env_key"]
+            "env_key", "emulated"]
     with engine.connect() as conn:
         df = _frame(conn.execute(q), cols)
     empty = pd.DataFrame(columns=["device", "case", "case_hash", "run_id", "started_at", "status", "change_pct",
-                                  "before_ms", "after_ms", "p_value", "reason"])
+                                  "before_ms", "after_ms", "p_value", "reason", "emulated"])
     if df.empty:
         return empty
     # Vectorised prefilter: newest p50 against the median of the older ones, per (device, case).
@@ -428,11 +452,15 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
             select(Case.id, Case.hash, Case.params).where(Case.id.in_([int(c) for _, c, _ in suspects])))}
     out = []
     for device, case_id, g in suspects:
-        runs_ = [detect.Run(samples=raw.get(int(mid), [p50]), run_id=run_id, started_at=t, key=key,
-                            throttled=bool(thr) if thr == thr else False, contended=bool(busy) if busy == busy else False)
-                 for mid, p50, run_id, t, key, thr, busy in zip(g["measurement_id"], g["p50"], g["run_id"],
-                                                                g["started_at"], g["env_key"], g["throttled"],
-                                                                g["contended"])]
+        runs_ = []
+        # The newest run is held only against runs of its own kind: emulated timings never meet real ones.
+        kind = bool(g["emulated"].iloc[-1])
+        for mid, p50, run_id, t, key, thr, busy, emu in zip(g["measurement_id"], g["p50"], g["run_id"],
+                                                            g["started_at"], g["env_key"], g["throttled"],
+                                                            g["contended"], g["emulated"]):
+            values = raw.get(int(mid), [p50]) if bool(emu) == kind else []
+            runs_.append(detect.Run(samples=values, run_id=run_id, started_at=t, key=key, throttled=_flag(thr),
+                                    contended=_flag(busy)))
         verdict = detect.latest_regression(runs_, min_effect=min_effect, alpha=alpha, min_history=min_history)
         if not verdict.is_regression:
             continue
@@ -441,7 +469,7 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
                     "started_at": verdict.started_at, "status": verdict.status, "change_pct": verdict.change_pct,
                     "before_ms": verdict.before.median if verdict.before else None,
                     "after_ms": verdict.after.median if verdict.after else None, "p_value": verdict.p_value,
-                    "reason": verdict.reason})
+                    "reason": verdict.reason, "emulated": kind})
     return pd.DataFrame(out, columns=list(empty.columns)) if out else empty
 
 

@@ -1,9 +1,10 @@
 """Regression findings over the stored history: series from the database in, findings out.
 
-A series is (device, case, metric) over runs in time order. Latency series carry each run's raw samples;
-energy and accuracy carry one value per run. The statistics are `results.detect` (a pure core); this module
-only loads series, calls it, and says what differed between the runs on both sides of a change (harness
-revision, library versions, fingerprint fields), which is the likely cause.
+A series is (device, case, metric) over runs in time order; runs under an emulator form a series of their
+own, so an emulated night is never held against real ones, nor the other way round. Latency series carry
+each run's raw samples; energy and accuracy carry one value per run. The statistics are `results.detect` (a
+pure core); this module only loads series, calls it, and says what differed between the runs on both sides
+of a change (harness revision, library versions, fingerprint fields), which is the likely cause.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from sqlalchemy import select
 
-from devices.probe import STABLE_FIELDS
+from devices.probe import STABLE_FIELDS, emulation_key
 
 from . import detect
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
@@ -54,6 +55,7 @@ class Series:
     case: dict[str, Any]
     metric: str
     points: list[SeriesPoint] = field(default_factory=list)
+    emulated: bool = False  # every point ran under an emulator (emulated timings, never mixed with real ones)
 
     def runs(self) -> list[detect.Run]:
         return [detect.Run(p.samples, run_id=p.run_id, started_at=p.started_at, key=p.env_key,
@@ -64,7 +66,7 @@ class Series:
         run stays, to be judged (and called unstable if it was contended)."""
         last = len(self.points) - 1
         kept = [p for i, p in enumerate(self.points) if not p.contended or (keep_newest and i == last)]
-        return Series(self.device, self.case_hash, self.case, self.metric, kept)
+        return Series(self.device, self.case_hash, self.case, self.metric, kept, emulated=self.emulated)
 
 
 @dataclass
@@ -90,6 +92,8 @@ class Finding:
     differs: dict[str, tuple[Any, Any]]
     cause: str | None = None
     case_hash: str = ""
+    # The device ran under an emulator in the run after the change (its history holds only emulated runs).
+    emulated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,13 +122,16 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
                  .order_by(Device.name, Case.hash, Run.started_at, Run.id))
         if devices:
             query = query.where(Device.name.in_(list(devices)))
-        out: dict[tuple[str, str], Series] = {}
+        out: dict[tuple[str, str, bool], Series] = {}
         for (device, chash, params, run_id, started, rev, version, env_key, throttled, contended, value,
              blob) in s.execute(query):
-            series = out.setdefault((device, chash), Series(device, chash, dict(params), metric))
+            fp = fingerprints.get((run_id, device))
+            emulated = emulation_key(fp) is not None
+            series = out.setdefault((device, chash, emulated), Series(device, chash, dict(params), metric,
+                                                                      emulated=emulated))
             samples = unpack_samples(blob) if (metric == "latency_ms" and blob) else [float(value)]
-            series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled),
-                                             fingerprints.get((run_id, device)), rev, version, bool(contended)))
+            series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled), fp, rev, version,
+                                             bool(contended)))
     return list(out.values())
 
 
@@ -139,6 +146,9 @@ def what_differs(a: SeriesPoint, b: SeriesPoint) -> dict[str, tuple[Any, Any]]:
     for key in STABLE_FIELDS:
         if fa.get(key) != fb.get(key):
             diff[key] = (fa.get(key), fb.get(key))
+    ea, eb = emulation_key(fa), emulation_key(fb)
+    if ea != eb:  # two emulations (another host CPU, say): a real and an emulated run are never compared
+        diff["emulation"] = (ea, eb)
     return diff
 
 
@@ -157,7 +167,8 @@ def _finding(series: Series, cp: Any, lower_is_better: bool) -> Finding:
         after_interval=(cp.after.low, cp.after.high), change_pct=cp.change_pct, direction=cp.direction,
         statistic=cp.statistic, statistic_name=cp.statistic_name, p_value=cp.p_value,
         runs_before=[pts[i].run_id for i in cp.before_runs], runs_after=[pts[i].run_id for i in cp.after_runs],
-        differs=what_differs(before_pt, after_pt), cause=getattr(cp, "cause", None))
+        differs=what_differs(before_pt, after_pt), cause=getattr(cp, "cause", None),
+        emulated=series.emulated)
 
 
 def short_history_change(before: Sequence[float], after: Sequence[float], *, lower_is_better: bool = True,
@@ -218,7 +229,8 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                     after_interval=(verdict.after.low, verdict.after.high), change_pct=verdict.change_pct,
                     direction=verdict.status, statistic=verdict.statistic, statistic_name=verdict.statistic_name,
                     p_value=verdict.p_value, runs_before=[pts[i].run_id for i in verdict.history_runs],
-                    runs_after=[pts[-1].run_id], differs=what_differs(pts[-2], pts[-1]), cause=verdict.cause))
+                    runs_after=[pts[-1].run_id], differs=what_differs(pts[-2], pts[-1]), cause=verdict.cause,
+                    emulated=series.emulated))
             elif verdict.status == "insufficient_history" and len(pts) >= 2 and not pts[-1].contended:
                 prev, new = pts[-2], pts[-1]
                 if prev.env_key != new.env_key:
@@ -233,7 +245,8 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                         before_interval=_interval(prev.samples), after_interval=_interval(new.samples),
                         change_pct=change_pct, direction=direction, statistic=u,
                         statistic_name="mann-whitney U (newest vs previous run; short history)", p_value=p,
-                        runs_before=[prev.run_id], runs_after=[new.run_id], differs=what_differs(prev, new)))
+                        runs_before=[prev.run_id], runs_after=[new.run_id], differs=what_differs(prev, new),
+                        emulated=series.emulated))
     return findings
 
 

@@ -674,11 +674,13 @@ class Store:
                                         .join(Device, Device.id == RunDevice.device_id).order_by(RunDevice.id),
                                         RunDevice.run_id, ids):
                 names.setdefault(rid, []).append(name)
-            return [{"run_id": run.id, "started_at": run.started_at,
-                     "status": ("abandoned" if run.status == "running" and controller_alive(run, now) is None
-                                else run.status),
-                     "error": run.error, "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
-                     "counts": counts.get(run.id, {})} for run in runs]
+        from .queries import emulated_devices
+
+        emulated = emulated_devices(self.engine, ids)
+        return [{"run_id": run.id, "started_at": run.started_at,
+                 "status": "abandoned" if run.status == "running" and controller_alive(run, now) is None else run.status,
+                 "error": run.error, "matrix": run.matrix_name, "tag": run.tag, "devices": names.get(run.id, []),
+                 "emulated": emulated.get(run.id, []), "counts": counts.get(run.id, {})} for run in runs]
 
     def status_counts(self, run_id: str) -> dict[str, int]:
         """Stored measurements of a run by status (ok, failed, skipped, timeout)."""

@@ -69,11 +69,14 @@ def _descendants(pid: int) -> list[int]:
 
 @dataclass
 class SSHServer:
-    """One sshd on 127.0.0.1:port acting as a device."""
+    """One sshd on address:port (127.0.0.1 by default) acting as a device; with `netns`, inside that network
+    namespace (tests/netlink.py), so every byte to it crosses a link the test controls."""
 
     root: Path
     port: int
     authorized_key: Path  # the client's public key
+    address: str = "127.0.0.1"
+    netns: str | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,7 @@ class SSHServer:
         shutil.copy(self.authorized_key, self.root / "authorized_keys")
         self.config.write_text(textwrap.dedent(f"""\
             Port {self.port}
-            ListenAddress 127.0.0.1
+            ListenAddress {self.address}
             HostKey {self.host_key}
             AuthorizedKeysFile {self.root / 'authorized_keys'}
             PasswordAuthentication no
@@ -118,12 +121,13 @@ class SSHServer:
             return False
         with socket.socket() as s:
             s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+            return s.connect_ex((self.address, self.port)) == 0
 
     def start(self) -> "SSHServer":
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
         self.pid_file.unlink(missing_ok=True)
-        subprocess.run([SSHD, "-f", str(self.config), "-E", str(self.log)], check=True)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        subprocess.run([*prefix, SSHD, "-f", str(self.config), "-E", str(self.log)], check=True)
         deadline = time.monotonic() + 10
         while not self.running:
             if time.monotonic() > deadline:
@@ -151,7 +155,7 @@ class SSHServer:
 
     def known_hosts_line(self) -> str:
         kind, b64 = (self.host_key.with_suffix(".pub").read_text().split()[:2])
-        return f"[127.0.0.1]:{self.port} {kind} {b64}"
+        return f"[{self.address}]:{self.port} {kind} {b64}"
 
     @property
     def fingerprint(self) -> str:

@@ -200,3 +200,37 @@ def test_compare_runs_over_a_store_gives_verdicts_counts_and_geomean(tmp_path: P
     assert cmp.geomean == pytest.approx(math.sqrt(2.0 * 0.5), rel=0.03)
     bf16 = next(c for c in cmp.cases if c.case["precision"] == "bf16")
     assert bf16.b.error == "RuntimeError: boom"
+
+
+# -- emulated devices -------------------------------------------------------------------------------------
+EMU = {"emulator": "qemu-aarch64-static", "cpu": "cortex-a72", "host_cpu": "AMD EPYC"}
+
+
+def test_an_emulated_and_a_real_run_of_the_same_device_are_not_comparable() -> None:
+    emulated = dict(FP, emulated=True, emulation=dict(EMU, evidence=["comm is 'qemu-aarch64-st'"]))
+    diffs = environment_diff({"rpi4": FP}, {"rpi4": emulated})
+    assert [(d.field, d.scope) for d in diffs] == [("emulated", "stable")]
+    assert diffs[0].a == "real hardware" and diffs[0].b.startswith("emulated: qemu-aarch64-static -cpu cortex-a72")
+    # The same emulation on the same host CPU is comparable (the evidence and paths are not identity)...
+    assert environment_diff({"rpi4": emulated}, {"rpi4": dict(emulated, emulation=EMU)}) == []
+    # ...on another host CPU it is not: emulated timings are the host's.
+    other_host = dict(emulated, emulation=dict(EMU, host_cpu="Intel Xeon"))
+    assert [d.field for d in environment_diff({"rpi4": emulated}, {"rpi4": other_host})] == ["emulated"]
+    # Fingerprints from before emulation was detected read as real.
+    assert environment_diff({"rpi4": FP}, {"rpi4": dict(FP, emulated=False, emulation=None)}) == []
+
+
+def test_compare_runs_refuses_emulated_against_real_and_labels_emulated_devices(tmp_path: Path) -> None:
+    from harness.report import comparison_rows, emulation_warning
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    emulated = dict(FP, emulated=True, emulation=EMU)
+    real = _plant_run(store, FP, {"fp32": (FP32, _record(noisy(10.0)))})
+    emu_a = _plant_run(store, emulated, {"fp32": (FP32, _record(noisy(900.0)))})
+    emu_b = _plant_run(store, emulated, {"fp32": (FP32, _record(noisy(905.0, seed=2)))})
+    with pytest.raises(IncomparableRuns, match="emulated 'real hardware' -> 'emulated: qemu-aarch64-static"):
+        compare_runs(store, real, emu_a)
+    cmp = compare_runs(store, emu_a, emu_b)
+    assert cmp.comparable and cmp.emulated_devices == ("rpi4",)
+    assert comparison_rows(cmp)[0][0] == "rpi4 (emulated)"
+    assert "EMULATED: rpi4" in (emulation_warning(cmp.emulated_devices) or "")

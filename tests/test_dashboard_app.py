@@ -292,6 +292,39 @@ def test_run_detail_summarises_the_raw_samples_of_the_case_in_the_url(db: RealDB
     assert "Every case of this run" not in texts(at.success)  # the int4 case was skipped
 
 
+# -- emulated devices -------------------------------------------------------------------------------------
+def test_pages_label_an_emulated_device_and_trends_keep_its_runs_apart(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from workloads.spec import canonical_case, case_hash
+
+    url = f"sqlite:///{tmp_path / 'emulated.db'}"
+    store = Store(url)
+    case = canonical_case({"precision": "fp32", "seq_len": 32})
+    real = {"arch": "aarch64", "cpu_model": "Cortex-A72", "torch": "2.9.1"}
+    emulated = dict(real, emulated=True, emulation={"emulator": "qemu-aarch64-static", "cpu": "cortex-a72",
+                                                    "host_cpu": "AMD EPYC"})
+    runs = []
+    for fp, median in ((real, 10.0), (emulated, 900.0)):
+        run_id = store.create_run(matrix_name="arm", matrix_text="", measure={}, devices=["a72"])
+        store.set_run_device(run_id, "a72", status="complete", fingerprint=fp)
+        samples = [median * (1 + i / 100) for i in range(5)]
+        store.add_result(run_id, "a72", case, {"status": "ok", "samples_ms": samples})
+        store.finish_run(run_id, "complete")
+        runs.append(run_id)
+    monkeypatch.setenv("HARNESS_DB", url)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    detail = app("run_detail", run=runs[1])
+    assert "a72 (emulated)" in detail.selectbox(key="run").format_func(runs[1])
+    assert "a72 ran under an emulator (qemu-aarch64-static -cpu cortex-a72 on AMD EPYC)" in texts(detail.warning)
+    assert not texts(app("run_detail", run=runs[0]).warning)
+    trends = app("trends", device="a72", case=case_hash(case))
+    assert "1 of 2 runs of a72 ran under an emulator" in texts(trends.warning)
+    assert [bool(x) for x in frame(trends, "run_id", "emulated")["emulated"]] == [False, True]
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
 # -- every page -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_says_how_to_fix_a_missing_database(page: str, tmp_path: Path,

@@ -255,3 +255,14 @@ def test_noise_table_in_percent() -> None:
     table = charts.noise_table(pd.DataFrame({"device": ["rpi4"], "cases": [3], "repeated_cases": [2],
                                              "run_to_run_cv": [0.0123], "within_run_cv": [None]}))
     assert table.iloc[0]["run-to-run CV %"] == 1.23 and table.iloc[0]["within-run CV %"] is None
+
+
+def test_run_label_marks_emulated_devices_and_the_note_names_the_emulation() -> None:
+    label = charts.run_label({"run_id": "abc", "started_at": datetime(2026, 1, 2, 3, 4), "matrix": "quick",
+                              "devices": "a72, rpi4", "emulated": "a72"})
+    assert label.endswith("a72 (emulated), rpi4")
+    fp = {"cpu_model": "Cortex-A72", "emulated": True,
+          "emulation": {"emulator": "qemu-aarch64-static", "cpu": "cortex-a72", "host_cpu": "AMD EPYC"}}
+    note = charts.emulation_note("a72", fp)
+    assert note and "qemu-aarch64-static -cpu cortex-a72 on AMD EPYC" in note and "not a real Cortex-A72's" in note
+    assert charts.emulation_note("rpi4", {"cpu_model": "Cortex-A72"}) is None

@@ -68,6 +68,21 @@ def test_the_store_behaves_the_same_on_both_engines(any_db_url):
     assert ok[0]["is_estimate"] is False and ok[0]["throttled"] is False and ok[0]["details"]["calls"] == 70
 
 
+def test_emulated_devices_are_read_from_the_fingerprint_json_on_both_engines(any_db_url):
+    from results import queries
+
+    store = Store(any_db_url)
+    real = lab_run(store, "rpi5", [64], tag="real")
+    emulated = store.create_run(matrix_name="arm", matrix_text="", measure={}, devices=["a72", "rpi5"])
+    store.set_run_device(emulated, "a72", status="complete",
+                         fingerprint=dict(FINGERPRINT, emulated=True, emulation={"emulator": "qemu-aarch64-static"}))
+    store.set_run_device(emulated, "rpi5", status="complete", fingerprint=dict(FINGERPRINT, emulated=False))
+    assert queries.emulated_devices(store) == {emulated: ["a72"]}
+    listed = {r["run_id"]: r["emulated"] for r in store.list_runs()}
+    assert listed == {real: [], emulated: ["a72"]}
+    assert list(queries.runs(store).set_index("run_id").loc[[real, emulated], "emulated"]) == ["", "a72"]
+
+
 def test_nan_accuracy_is_stored_on_postgres_as_null_and_on_sqlite_as_nan(any_db_url):
     store = Store(any_db_url)
     run_id = store.create_run(matrix_name="m", matrix_text="", measure={}, devices=["local"])

@@ -181,3 +181,19 @@ def test_check_schema_says_how_to_upgrade(tmp_path: Path) -> None:
     sqlite3.connect(path).close()
     with pytest.raises(StoreError, match="harness db upgrade"):
         queries.check_schema(queries.read_only_engine(f"sqlite:///{path}"))
+
+
+EMULATED_FP = dict(FP, emulated=True, emulation={"emulator": "qemu-aarch64-static", "cpu": "cortex-a72",
+                                                 "host_cpu": "AMD EPYC"})
+
+
+def test_runs_and_series_say_which_devices_ran_under_an_emulator(store: Store) -> None:
+    real = plant(store, T0, {"rpi4": [(FP32, record(noisy(10.0)))]})
+    emulated = plant(store, T0 + timedelta(days=1), {"rpi4": [(FP32, record(noisy(900.0)))]},
+                     fingerprint=EMULATED_FP)
+    df = queries.runs(store).set_index("run_id")
+    assert df.loc[emulated, "emulated"] == "rpi4" and df.loc[real, "emulated"] == ""
+    assert queries.emulated_devices(store) == {emulated: ["rpi4"]}
+    assert queries.emulated_devices(store, [real]) == {}
+    series = queries.series(store, "rpi4", case_hash(FP32))
+    assert [bool(x) for x in series["emulated"]] == [False, True]

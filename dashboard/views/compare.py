@@ -34,6 +34,9 @@ if cmp.stable_diffs:
     fields = "; ".join(f"{d.device}: {d.field} {d.a} -> {d.b}" for d in cmp.stable_diffs)
     st.error(f"Not comparable: the environments differ ({fields}). `harness compare` refuses these runs "
              "without --force; read the speedups below as across environments.")
+if cmp.emulated_devices:
+    st.warning(f"Emulated: {', '.join(cmp.emulated_devices)} ran under an emulator; their timings are the "
+               "emulator's on the host, not a real device's.")
 diff_table = charts.env_diff_table(cmp.env_diffs)
 if not diff_table.empty:
     st.subheader("Environment fields that differ")

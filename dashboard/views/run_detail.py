@@ -24,6 +24,9 @@ c[4].metric("timeout", int(counts.get("timeout", 0)))
 st.caption(f"matrix {info['matrix']} · harness {info['harness_version']} · git {info['git_revision'] or '—'} · "
            f"started {info['started_at']} UTC · finished {info['finished_at'] or '—'}")
 rd = rds[rds["device"] == device]
+emulated = charts.emulation_note(device, rd["fingerprint"].iloc[0] if not rd.empty else None)
+if emulated:
+    st.warning(emulated)
 if not rd.empty and rd["error"].iloc[0]:
     st.error(f"{device}: {rd['status'].iloc[0]}: {rd['error'].iloc[0]}")
 

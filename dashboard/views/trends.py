@@ -32,6 +32,11 @@ c2.metric("Runs with a result", int(ok["value"].notna().sum()))
 c3.metric("Change points", len(changes))
 c4.metric(f"Newest {info.title}", f"{ok['value'].iloc[-1]:.4g} {info.unit}" if ok["value"].notna().any() else "—")
 
+emulated_runs = int(series["emulated"].astype(bool).sum()) if "emulated" in series else 0
+if emulated_runs:
+    st.warning(f"{emulated_runs} of {len(series)} runs of {device} ran under an emulator: their timings are the "
+               "emulator's on the host, not a real device's (the `emulated` column). Change points are looked for "
+               "among emulated and among real runs separately, never across.")
 if note and note.startswith("Change-point detection unavailable"):
     st.warning(note)
 elif note:
