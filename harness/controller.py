@@ -24,7 +24,7 @@ from devices.inventory import DeviceConfig, Inventory
 from kernels.registry import lookup
 from results.store import HEARTBEAT_INTERVAL_S, Store
 from workloads.errors import ConfigError, DeviceError, HarnessError, NotRegisteredError
-from workloads.matrix import Sweep, parse_matrix
+from workloads.matrix import DEFAULT_MAX_CASES, Sweep, parse_matrix
 from workloads.spec import case_hash, case_label
 from workloads.stats import instability_warning
 
@@ -122,6 +122,8 @@ class RunOutcome:
     devices: dict[str, DeviceOutcome]
     dry_run: bool = False
     plan: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Planned cases no kernel implements (stored as skipped with this reason), by case hash.
+    not_implemented: dict[str, str] = field(default_factory=dict)
     # Every stored measurement of the run by status (a resumed run includes the earlier ones).
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -152,34 +154,56 @@ def planted_slowdown_from_env() -> dict[str, int] | None:
     out: dict[str, int] = {}
     for part in spec.split(","):
         precision, _, factor = part.partition("=")
-        if not factor.strip().isdigit() or int(factor) < 1:
+        factor = factor.strip()
+        if not precision.strip() or not factor.isascii() or not factor.isdigit() or len(factor) > 6 \
+                or int(factor) < 1:
             raise ConfigError(f"{TEST_SLOWDOWN_ENV}={spec!r}: expected PRECISION=FACTOR[,...] with FACTOR >= 1",
                               key=TEST_SLOWDOWN_ENV)
         out[precision.strip()] = int(factor)
     return out
 
 
-def check_registered(sweep: Sweep, file: str) -> None:
-    """Refuse, before anything is written, cases no kernel implements."""
+def check_registered(sweep: Sweep, file: str, *, strict: bool = True) -> dict[str, str]:
+    """Cases no kernel implements, by hash, with the reason they will be stored as `skipped`.
+
+    A value no kernel knows at all (a precision no kernel computes, say) is a ConfigError naming the
+    known values; with `strict`, so is any combination without a kernel. Raised before anything is
+    written."""
+    from kernels.registry import unknown_values
+
+    for key, value, known in unknown_values(sweep.cases):
+        raise ConfigError(f"no kernel computes {key} {value!r}; kernels know: {', '.join(known)}", file=file,
+                          key=key)
+    missing: dict[str, str] = {}
     for case in sweep.cases:
         try:
             lookup(case)
         except NotRegisteredError as exc:
-            raise ConfigError(f"{exc} (case {case_label(case)})", file=file, key="precision") from None
+            if strict:
+                raise ConfigError(f"{exc} (case {case_label(case)}); without --strict it would be stored as "
+                                  "skipped", file=file, key="precision") from None
+            missing[case_hash(case)] = str(exc)
+    return missing
 
 
 def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], matrix_path: str | None = None,
               sweep: Sweep | None = None, tag: str | None = None, resume: str | None = None,
               dry_run: bool = False, events: Events = _no_events,
-              transport_factory: Callable[[DeviceConfig, Inventory], Transport] = transport_for) -> RunOutcome:
-    """Expand the matrix, plan per device, run, and store each result as it arrives."""
+              transport_factory: Callable[[DeviceConfig, Inventory], Transport] = transport_for,
+              strict: bool = False, max_cases: int | None = DEFAULT_MAX_CASES) -> RunOutcome:
+    """Expand the matrix, plan per device, run, and store each result as it arrives.
+
+    Everything about the input is checked before anything is written: the matrix (at most `max_cases`
+    cases), the devices, the kernels (`strict`: a combination without a kernel is refused rather than
+    stored as skipped), the test-only slowdown variable."""
+    test_slowdown = planted_slowdown_from_env()
     if resume:
         if store is None:
             raise HarnessError("--resume needs the results database")
         run = store.get_run(resume)
         if run.status == "complete":
             raise HarnessError(f"run {run.id} is complete; nothing to resume")
-        sweep = parse_matrix(run.matrix_text, f"<matrix of run {run.id}>")
+        sweep = parse_matrix(run.matrix_text, f"<matrix of run {run.id}>", max_cases=None)
         run_devices = store.run_devices(run.id)
         names = [d for d in devices if d in run_devices] if devices else run_devices
         unknown = [d for d in devices if d not in run_devices]
@@ -193,12 +217,12 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
                 raise ConfigError("give --matrix FILE (for example sweeps/quick.yaml)", key="--matrix")
             from workloads.matrix import load_matrix
 
-            sweep = load_matrix(matrix_path)
+            sweep = load_matrix(matrix_path, max_cases=max_cases)
         if not devices:
             raise ConfigError("give --devices NAME[,NAME...] (the device 'local' always exists)", key="--devices")
         names = devices
         run_id = ""
-    check_registered(sweep, matrix_path or "<matrix>")
+    not_implemented = check_registered(sweep, matrix_path or "<matrix>", strict=strict)
     configs = inventory.resolve(names)
     if len(set(names)) != len(names):
         raise ConfigError(f"a device is named twice in --devices: {','.join(names)}", key="--devices")
@@ -210,7 +234,7 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     if dry_run:
         return RunOutcome(run_id="", status="dry-run", devices={n: DeviceOutcome(n, planned=len(p))
                                                                for n, p in plans.items()},
-                          dry_run=True, plan=plans)
+                          dry_run=True, plan=plans, not_implemented=not_implemented)
     assert store is not None
     if resume:
         store.reopen_run(run_id)
@@ -230,7 +254,7 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
         name = config.name
         plan = {"run_id": run_id, "device": name, "cases": plans[name], "measure": sweep.measure.to_dict(),
                 "workdir": config.workdir, "power": dict(config.power) if config.power else None, "seed": 0,
-                "test_slowdown": planted_slowdown_from_env()}
+                "test_slowdown": test_slowdown}
         try:
             if not plans[name]:
                 inbox.put((name, "end", {"status": "complete"}))

@@ -19,14 +19,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, case, create_engine, event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, and_, case, func, select
 
+from harness.safe_text import terminal
 from workloads.errors import StoreError
 from workloads.spec import CASE_COLUMNS, case_label
 
 from .models import SCHEMA_REVISION, Case, Device, Measurement, Run, RunDevice, SampleSet
-from .store import unpack_samples
+from .store import make_read_only_engine, unpack_samples
 
 STATUSES = ("ok", "failed", "skipped", "timeout")
 # A device whose newest result is older than this is stale: a nightly plus a couple of hours of slack.
@@ -67,36 +67,10 @@ def engine_of(source: Any) -> Engine:
 
 
 def read_only_engine(url: str) -> Engine:
-    """An engine that cannot write: SQLite opened `mode=rw` (a missing file is an error, not a new empty
-    database) with `PRAGMA query_only`; PostgreSQL with read-only default transactions."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = parsed.database
-        if not path or path == ":memory:":
-            raise StoreError(f"{url}: the dashboard reads a results database file; give its path")
-        import os
-        import sqlite3
-
-        full = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(full):
-            raise StoreError(f"no results database at {full}; run `harness run ... --db {url}` first "
-                             "or point --db at an existing database")
-
-        def connect() -> sqlite3.Connection:
-            conn = sqlite3.connect(f"file:{full}?mode=rw", uri=True, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            return conn
-
-        return create_engine("sqlite://", creator=connect)
-    engine = create_engine(url, pool_pre_ping=True)
-    if parsed.get_backend_name() == "postgresql":
-        @event.listens_for(engine, "connect")
-        def _read_only(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            cur.close()
-    return engine
+    """An engine that cannot write and never creates a database (`results.store.make_read_only_engine`):
+    SQLite opened read-only with `PRAGMA query_only` (a read-only mount works), PostgreSQL with read-only
+    transactions; another application's database is refused."""
+    return make_read_only_engine(url)
 
 
 def schema_revision(engine: Engine) -> str | None:
@@ -178,12 +152,14 @@ def resolve_run(source: Any, ref: str) -> str:
             return ids[want]
         if conn.scalar(select(Run.id).where(Run.id == ref)) is not None:
             return ref
-        found = conn.scalars(select(Run.id).where(Run.id.like(f"{ref}%")).limit(3)).all()
+        # A prefix is matched literally: '%' and '_' in it are characters, not LIKE wildcards.
+        found = conn.scalars(select(Run.id).where(Run.id.startswith(ref, autoescape=True)).limit(3)).all() \
+            if ref else []
     if len(found) == 1:
         return found[0]
     if not found:
-        raise StoreError(f"no run {ref!r} in the database; `harness results list` shows the run ids")
-    raise StoreError(f"run id prefix {ref!r} matches several runs ({', '.join(found)}, ...); give more of it")
+        raise StoreError(f"no run {terminal(ref)!r} in the database; `harness results list` shows the run ids")
+    raise StoreError(f"run id prefix {terminal(ref)!r} matches several runs ({', '.join(found)}, ...); give more of it")
 
 
 def run_devices(source: Any, run_ids: Sequence[str]) -> pd.DataFrame:
