@@ -351,12 +351,13 @@ def _size(text: str) -> int:
 @db_option
 def results_import(file: str, merge: bool, max_size: str, db: str | None) -> None:
     """Import what `results export` wrote; rows already present are skipped."""
-    from results.exchange import import_rows, read_rows
+    from results.exchange import import_rows, prepare_import, read_rows
     from results.store import open_store
 
-    rows = read_rows(file, max_bytes=_size(max_size))
+    # The whole file is read and validated before the database is opened (or created).
+    prepared = prepare_import(read_rows(file, max_bytes=_size(max_size)), file)
     store = open_store(db)
-    counts = import_rows(store, rows, file, merge=merge)
+    counts = import_rows(store, prepared, merge=merge)
     console.print(f"imported {counts['measurements_added']} measurement(s) in {counts['runs_added']} new run(s); "
                   f"{counts['measurements_skipped']} already present")
 

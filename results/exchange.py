@@ -21,6 +21,7 @@ import io
 import json
 import math
 import struct
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -204,7 +205,8 @@ def _json_loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def _typed(value: Any, column: str, where: str, csv_cell: bool = False) -> Any:
+def _typed(value: Any, column: str, where: str, csv_cell: bool = False, file: str | None = None,
+           line: int | None = None) -> Any:
     """A CSV cell (or JSON value) back to its type; '' is None. CSV text cells lose the mark export added."""
     if value is None or value == "":
         return None
@@ -223,12 +225,12 @@ def _typed(value: Any, column: str, where: str, csv_cell: bool = False) -> Any:
             return value == "true"
     except _NotFinite as exc:
         raise ConfigError(f"{where}: column '{column}' holds {exc.constant}, which JSON does not allow",
-                          key=column) from None
+                          file=file, line=line) from None
     except RecursionError:
-        raise ConfigError(f"{where}: column '{column}' is nested too deeply", key=column) from None
+        raise ConfigError(f"{where}: column '{column}' is nested too deeply", file=file, line=line) from None
     except ValueError:
         raise ConfigError(f"{where}: column '{column}' has {value[:80]!r}, which is not a valid value",
-                          key=column) from None
+                          file=file, line=line) from None
     return spreadsheet_restore(value) if csv_cell else value
 
 
@@ -238,8 +240,8 @@ class Rows(list):  # type: ignore[type-arg]
     lines: list[int | None]
 
 
-def _where(path: str, i: int, line: int | None) -> str:
-    return f"{path}: row {i + 1}" + (f" (line {line})" if line else "")
+def _where(i: int, line: int | None) -> str:
+    return f"row {i + 1}" + (f" (line {line})" if line else "")
 
 
 def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES) -> Rows:
@@ -276,8 +278,8 @@ def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES) -> Rows:
         if missing:
             raise ConfigError(f"row {i + 1} lacks column(s) {', '.join(missing)}; import reads what "
                               "`harness results export` writes", file=path, line=line, key=missing[0])
-        where = _where(path, i, line)
-        rows.append({c: _typed(v, c, where, csv_cell=lines is not None) for c, v in r.items()})
+        where = _where(i, line)
+        rows.append({c: _typed(v, c, where, csv_cell=lines is not None, file=path) for c, v in r.items()})
     return rows
 
 
@@ -293,7 +295,8 @@ def _read_json(text: str, path: str) -> list[Any]:
     except RecursionError:
         raise ConfigError("not a results file: JSON nested too deeply", file=path) from None
     except ValueError as exc:  # an integer literal beyond Python's digit limit, say
-        raise ConfigError(f"not valid JSON: {exc}", file=path) from None
+        why = "an integer with thousands of digits" if "digits" in str(exc) else str(exc)
+        raise ConfigError(f"not valid JSON: {why}", file=path) from None
     if not isinstance(raw, list):
         raise ConfigError(f"expected a JSON list of rows as `harness results export --format json` writes, got "
                           f"{'an object' if isinstance(raw, dict) else type(raw).__name__}", file=path, line=1)
@@ -335,15 +338,35 @@ _ROW_KEYS = tuple(_ROW_KEY_OF_COLUMN.get(c, c) for c in MEASUREMENT_VALUE_COLUMN
 _TIME_AT = tuple(i for i, c in enumerate(MEASUREMENT_VALUE_COLUMNS) if c in ("started_at", "finished_at"))
 
 
-def import_rows(store: Store, rows: list[dict[str, Any]], file: str = "<import>", *,
+@dataclass
+class PreparedImport:
+    """Validated rows, ready to merge: what `prepare_import` makes without touching a database."""
+
+    file: str
+    runs: dict[str, dict[str, Any]]
+    parts: dict[tuple[str, str], dict[str, Any]]
+    rows: list[MergeRow]
+
+
+def import_rows(store: Store, rows: list[dict[str, Any]] | PreparedImport, file: str = "<import>", *,
                 merge: bool = False) -> dict[str, int]:
     """Merge rows into the store in one transaction; returns counts of runs and measurements added/skipped.
 
-    Every row is validated before anything is written (`results.validate.check_rows`: types, ranges,
-    statuses, summaries against raw samples; case keys; times). A run keeps its id (histories from
-    several labs merge by it); a row whose (run, device, case) is already stored, or repeated in the file,
-    is skipped. Rows that would add devices or cases to a run already stored are refused unless `merge`
-    (and then the devices' fingerprints must agree): an import never rewrites what a run was."""
+    Every row is validated before anything is written (`prepare_import`). A run keeps its id (histories
+    from several labs merge by it); a row whose (run, device, case) is already stored, or repeated in the
+    file, is skipped. Rows that would add devices or cases to a run already stored are refused unless
+    `merge` (and then the devices' fingerprints must agree): an import never rewrites what a run was."""
+    prepared = rows if isinstance(rows, PreparedImport) else prepare_import(rows, file)
+    _check_grafts(store, prepared.runs, prepared.parts, prepared.rows, prepared.file, merge)
+    counts = store.merge(prepared.runs, prepared.parts, prepared.rows)
+    return {"runs_added": counts.runs_added, "measurements_added": counts.measurements_added,
+            "measurements_skipped": counts.measurements_skipped}
+
+
+def prepare_import(rows: list[dict[str, Any]], file: str = "<import>") -> PreparedImport:
+    """Validate every row (`results.validate.check_rows`: types, ranges, statuses, summaries against raw
+    samples; then case keys and times) and build what `Store.merge` takes. No database is touched, so a
+    bad file is refused before one is opened (or created)."""
     lines = getattr(rows, "lines", None)
     fills = check_rows(rows, file, lines)
 
@@ -391,10 +414,7 @@ def import_rows(store: Store, rows: list[dict[str, Any]], file: str = "<import>"
         samples = get("samples_ms")
         blob = struct.pack(f"<{len(samples)}d", *samples) if samples else None
         merge_rows.append(MergeRow(run_id, device, found[0], found[1], tuple(values), blob))
-    _check_grafts(store, runs, parts, merge_rows, file, merge)
-    counts = store.merge(runs, parts, merge_rows)
-    return {"runs_added": counts.runs_added, "measurements_added": counts.measurements_added,
-            "measurements_skipped": counts.measurements_skipped}
+    return PreparedImport(file, runs, parts, merge_rows)
 
 
 def _check_grafts(store: Store, runs: dict[str, dict[str, Any]], parts: dict[tuple[str, str], dict[str, Any]],

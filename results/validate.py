@@ -27,6 +27,7 @@ import numpy as np
 
 from devices.inventory import DEVICE_NAME, DEVICE_NAME_HELP
 from workloads.errors import ConfigError
+from workloads.spec import CASE_COLUMNS
 
 STATUSES = ("ok", "failed", "skipped", "timeout")
 RUN_STATUSES = ("running", "complete", "partial", "interrupted", "failed")
@@ -176,6 +177,7 @@ _FLOAT_CHECKS = tuple((c, lo, hi, closed) for c, (lo, hi, closed) in FLOAT_RANGE
 _INT_CHECKS = tuple((c, lo, hi) for c, (lo, hi) in INT_RANGES.items())
 _TEXT_CHECKS = tuple(TEXT_LIMITS.items())
 _NUMBER = (int, float)
+_SCALAR = (int, float, str)
 
 
 def check_row(row: Mapping[str, Any], seen: dict[int, None] | None = None) -> None:
@@ -212,6 +214,10 @@ def check_row(row: Mapping[str, Any], seen: dict[int, None] | None = None) -> No
             raise _RowError(column, f"is {len(value):,} characters long; at most {limit:,}")
         if "\x00" in value:
             raise _RowError(column, "holds a NUL character")
+    for column in CASE_COLUMNS:  # their values are checked by canonical_case; here only that they are scalars
+        value = get(column)
+        if value is not None and value.__class__ not in _SCALAR:
+            raise _RowError(column, f"must be a single value, got {type(value).__name__} {value!r:.60}")
     run_id, device, status = row["run_id"], row["device"], row["status"]
     if not RUN_ID.fullmatch(run_id):
         raise _RowError("run_id", f"{run_id!r:.60} is not a run id (letters, digits, '.', '_', '-'; at most 36)")
@@ -270,8 +276,7 @@ def check_summaries(rows: Sequence[Mapping[str, Any]], where: Any) -> dict[int, 
         if bad.any():
             i = idx[int(np.argmax(bad))]
             raise ConfigError(f"{where(i)}: column 'samples_ms' {sample_problem(rows[i]['samples_ms'])}; a "
-                              "latency sample is a finite number of milliseconds above zero", file=where.file,
-                              key="samples_ms")
+                              "latency sample is a finite number of milliseconds above zero", file=where.file)
         p50, p90, p99 = np.percentile(a, [50, 90, 99], axis=1)
         computed = {"p50": p50, "p90": p90, "p99": p99, "mean": a.mean(axis=1),
                     "std": a.std(axis=1, ddof=1) if n > 1 else np.zeros(len(idx))}
@@ -285,7 +290,7 @@ def check_summaries(rows: Sequence[Mapping[str, Any]], where: Any) -> dict[int, 
                 elif not math.isclose(given, want, rel_tol=SUMMARY_RTOL, abs_tol=1e-12):
                     raise ConfigError(f"{where(i)}: column '{column}' is {given!r} but its samples_ms give "
                                       f"{want!r}; a summary must agree with the raw samples it summarizes",
-                                      file=where.file, key=column)
+                                      file=where.file)
             if row.get("n_samples") is None:
                 fills.setdefault(i, {})["n_samples"] = n
     return fills
@@ -310,7 +315,7 @@ def check_rows(rows: Sequence[Mapping[str, Any]], file: str,
         try:
             check_row(row, seen)
         except _RowError as exc:
-            raise ConfigError(f"{where(i)}: column '{exc.column}' {exc}", file=file, key=exc.column) from None
+            raise ConfigError(f"{where(i)}: column '{exc.column}' {exc}", file=file) from None
     return check_summaries(rows, where)
 
 

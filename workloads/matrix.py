@@ -166,6 +166,12 @@ def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = D
         for i, rule in enumerate(rules):
             for key, value in rule.items():
                 _check_value(key, value, err, (what, i, key))
+    for i, rule in enumerate(exclude):
+        for key in rule:
+            if key not in matrix:  # it could never match: a combination holds only matrix keys
+                raise err(f"exclude key '{key}' is not a key of matrix:, so this entry drops nothing; exclude "
+                          f"matches combinations of {', '.join(map(str, matrix)) or 'matrix values'}",
+                          "exclude", i, key, key=f"exclude[{i}].{key}")
     measure = _measure(measure_raw, err)
 
     # Count before expanding: the product alone says whether the expansion would be too large.

@@ -265,10 +265,11 @@ def load_yaml(text: str, file: str, *, max_aliases: int = MAX_ALIASES, max_nodes
     import yaml
 
     cls = _loader_class()
-    loader = cls(text)
-    loader.max_aliases, loader.max_nodes, loader.max_depth = max_aliases, max_nodes, max_depth
     located = Located()
+    loader = None
     try:
+        loader = cls(text)  # the reader refuses unprintable characters (NUL, ...) here already
+        loader.max_aliases, loader.max_nodes, loader.max_depth = max_aliases, max_nodes, max_depth
         node = loader.get_single_node()
         if node is None:
             return None, located
@@ -277,15 +278,21 @@ def load_yaml(text: str, file: str, *, max_aliases: int = MAX_ALIASES, max_nodes
     except _Refused as exc:
         line = exc.mark.line + 1 if exc.mark is not None else None
         raise ConfigError(str(exc), file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:  # an unprintable character: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"holds a character YAML does not allow ({exc.reason}, #x{exc.character:04x})"
+                          if isinstance(exc.character, int) else f"not valid YAML: {exc.reason}",
+                          file=file, line=line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"not valid YAML: {problem}; fix the syntax at this line", file=file,
                           line=line) from None
     except RecursionError:  # belt and braces: the depth limit should have stopped it first
         raise ConfigError(f"nested too deeply (more than {max_depth} levels)", file=file) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     _walk(node, (), located)
     return data, located
