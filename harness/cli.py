@@ -347,15 +347,15 @@ def _size(text: str) -> int:
 @click.option("--merge", is_flag=True, help="Let the file add devices or cases to a run already stored (only where "
                                             "the devices' fingerprints agree).")
 @click.option("--max-size", "max_size", default="1G", show_default=True, metavar="SIZE",
-              help="Refuse a file larger than this (500M, 2G).")
+              callback=lambda _ctx, _param, value: _size(value), help="Refuse a file larger than this (500M, 2G).")
 @db_option
-def results_import(file: str, merge: bool, max_size: str, db: str | None) -> None:
+def results_import(file: str, merge: bool, max_size: int, db: str | None) -> None:
     """Import what `results export` wrote; rows already present are skipped."""
     from results.exchange import import_rows, prepare_import, read_rows
     from results.store import open_store
 
     # The whole file is read and validated before the database is opened (or created).
-    prepared = prepare_import(read_rows(file, max_bytes=_size(max_size)), file)
+    prepared = prepare_import(read_rows(file, max_bytes=max_size), file)
     store = open_store(db)
     counts = import_rows(store, prepared, merge=merge)
     console.print(f"imported {counts['measurements_added']} measurement(s) in {counts['runs_added']} new run(s); "

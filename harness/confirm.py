@@ -110,6 +110,12 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
                 out.append(Confirmation(finding, None, "a run recorded no git revision: the code it ran cannot "
                                                        "be rebuilt; re-run both sides by hand"))
                 continue
+            bad = [r for r in (old_rev, new_rev) if not GIT_REVISION.fullmatch(r)]
+            if bad:  # from an old database or an old import: never handed to git
+                out.append(Confirmation(finding, None, f"the stored git revision {terminal(bad[0])[:80]!r} is not a "
+                                                       "git object name (hex digits); the code it ran cannot be "
+                                                       "rebuilt"))
+                continue
             device = inventory.devices.get(finding.device)
             if device is None:
                 out.append(Confirmation(finding, None, f"device {finding.device} is not in the inventory"))

@@ -990,7 +990,19 @@ def database_error(exc: BaseException, url: str) -> DatabaseError:
         if (code and code in codes) or any(w in text for w in words):
             meaning = what
             break
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    if path and os.path.exists(path) and _read_only_folder(path) and "locked" not in text:
+        meaning = ("the results database is read-only here (its folder cannot be written); point --db at a "
+                   "writable one (read commands such as `harness results list` work on a read-only database)")
     return DatabaseError(f"{mask_url(url)}: {meaning} ({terminal(redact(raw, url))[:300]})")
+
+
+def _read_only_folder(path: str) -> bool:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:
+        return False
 
 
 def announce_on_stderr(message: str) -> None:
