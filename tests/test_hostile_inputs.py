@@ -43,6 +43,7 @@ EXPECT = {
     "matrix/deep-nesting.yaml": "nested more than",
     "matrix/duplicate-key.yaml": "appears twice (lines 4 and 5)",
     "matrix/empty.yaml": "empty",
+    "matrix/escape-beyond-unicode.yaml": "escape sequence",
     "matrix/exclude-removes-everything.yaml": "no cases",
     "matrix/inf-measure.yaml": "not a finite number",
     "matrix/int-5000-digits.yaml": "64 bits",

@@ -289,6 +289,10 @@ def load_yaml(text: str, file: str, *, max_aliases: int = MAX_ALIASES, max_nodes
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"not valid YAML: {problem}; fix the syntax at this line", file=file,
                           line=line) from None
+    except (ValueError, OverflowError) as exc:  # PyYAML's scanner on an escape beyond Unicode ("\U00110000")
+        line = getattr(loader, "line", None)
+        raise ConfigError(f"not valid YAML: {exc}; fix the escape sequence at this line", file=file,
+                          line=line + 1 if isinstance(line, int) else None) from None
     except RecursionError:  # belt and braces: the depth limit should have stopped it first
         raise ConfigError(f"nested too deeply (more than {max_depth} levels)", file=file) from None
     finally:
