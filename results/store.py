@@ -321,7 +321,8 @@ class Store:
                     return body(s)
             except Exception as exc:
                 if attempt == attempts or not _transient(exc):
-                    if isinstance(exc, DBAPIError):
+                    # The bulk paths call the driver directly: its own errors are database errors too.
+                    if isinstance(exc, (DBAPIError, sqlite3.Error)) or type(exc).__module__.startswith("psycopg"):
                         raise database_error(exc, self.url) from exc
                     raise
             time.sleep(delay * (0.5 + random.random()))
