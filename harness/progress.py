@@ -8,7 +8,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from harness.safe_text import terminal
 from workloads.spec import case_label
+
+
+def _e(text: Any) -> str:
+    """Text from a device or the database for rich markup: control characters escaped, then markup."""
+    return escape(terminal(text))
 
 
 class ProgressView:
@@ -35,16 +41,16 @@ class ProgressView:
                 self.tasks[name] = self.progress.add_task("", total=total, device=name, status="starting")
         elif kind == "start" and device in self.tasks:
             case = payload.get("case")
-            self.progress.update(self.tasks[device], status=escape(case_label(case)) if case else "")
+            self.progress.update(self.tasks[device], status=_e(case_label(case)) if case else "")
         elif kind == "result" and device in self.tasks:
             self.progress.advance(self.tasks[device])
             for note in payload.get("notes") or []:
-                self.console.print("[yellow]warning:[/] " + escape(note))
+                self.console.print("[yellow]warning:[/] " + _e(note))
             if payload.get("status") in ("failed", "timeout"):
-                self.console.print(f"[red]{payload['status']}[/] " +
-                                   escape(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))
+                self.console.print(f"[red]{_e(payload['status'])}[/] " +
+                                   _e(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))
         elif kind == "end" and device in self.tasks:
-            self.progress.update(self.tasks[device], status=payload["status"])
+            self.progress.update(self.tasks[device], status=_e(payload["status"]))
         elif kind == "interrupted":
             self.console.print(f"[yellow]interrupted[/]: every result received is stored. "
                                f"Resume with: harness run --resume {payload['run_id']}")
