@@ -781,7 +781,6 @@ def pg_json_dumps(o: Any) -> str:
         return json.dumps(_finite_json(o))
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Tables a harness database holds (any one of them is enough to recognise an older harness schema).
 HARNESS_TABLES = {"runs", "devices", "cases", "run_devices", "measurements", "samples"}
 
@@ -841,15 +840,14 @@ def _check_sqlite_file(path: str, url: str) -> bool:
         raise StoreError(f"cannot open {safe}: {path} is not a regular file")
     if st.st_size == 0:
         return False
+    # The file is only ever opened through SQLite: closing any other descriptor of it would drop the POSIX
+    # locks every SQLite connection of this process holds on it (and leave them reading stale snapshots).
+    not_sqlite = (f"{safe} is not a SQLite database (nor an attn-harness one); nothing was changed. Point --db at "
+                  "a harness database or a new file")
     try:
-        with open(path, "rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreError(f"cannot open {safe}: {exc.strerror}") from None
-    if header != SQLITE_HEADER:
-        raise StoreError(f"{safe} is not a SQLite database (nor an attn-harness one); nothing was changed. Point "
-                         "--db at a harness database or a new file")
-    conn = _sqlite_ro_connect(path)
+        conn = _sqlite_ro_connect(path)
+    except sqlite3.Error as exc:
+        raise StoreError(not_sqlite if "not a database" in str(exc) else f"cannot open {safe}: {exc}") from None
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         revision = None
@@ -857,6 +855,8 @@ def _check_sqlite_file(path: str, url: str) -> bool:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = row[0] if row else None
     except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(not_sqlite) from None
         raise StoreError(f"{safe} cannot be read as a SQLite database ({exc}); nothing was changed") from None
     finally:
         conn.close()
@@ -865,11 +865,19 @@ def _check_sqlite_file(path: str, url: str) -> bool:
 
 
 def _sqlite_ro_connect(path: str) -> sqlite3.Connection:
-    """A read-only connection that never creates or changes the file. WAL needs a -shm file: where the
-    directory is read-only (a read-only mount) and none exists, the file is opened immutable."""
+    """A connection that never creates the file and is used only to read (callers add `query_only`).
+
+    Where the file and its folder are writable it is opened `mode=rw`, as the harness's own connections
+    are: a `mode=ro` connection to a WAL database makes SQLite share a read-only view of the WAL index with
+    every other connection to that file in the process, which then stop seeing new commits. Where they are
+    not writable (a read-only mount), `mode=ro`; and where WAL's -shm file cannot be created there, the
+    file is opened immutable (nothing can be writing it)."""
     from urllib.parse import quote
 
     uri = "file:" + quote(os.path.abspath(path))
+    if os.access(path, os.W_OK) and not _read_only_folder(path):
+        return sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
                            check_same_thread=False)
     try:
@@ -879,6 +887,9 @@ def _sqlite_ro_connect(path: str) -> sqlite3.Connection:
         conn.close()
         if "unable to open" not in str(exc) and "readonly" not in str(exc):
             raise
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
 
 
@@ -892,7 +903,8 @@ def make_read_only_engine(url: str) -> Engine:
             raise StoreError(f"{url}: an in-memory database holds no results; give a database file")
         if not _check_sqlite_file(path, url):
             raise StoreError(f"no results database at {os.path.abspath(path)}; create one with `harness db upgrade "
-                             f"--db {mask_url(url)}` (or run a sweep into it), or point --db at an existing one")
+                             f"--db {mask_url(url)}` (or store a sweep in a new one: `harness run ... --db "
+                             f"{mask_url(url)}`), or point --db at an existing one")
 
         def connect() -> sqlite3.Connection:
             conn = _sqlite_ro_connect(path)
@@ -979,7 +991,7 @@ _DB_ERRORS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
 )
 
 
-def database_error(exc: BaseException, url: str) -> DatabaseError:
+def database_error(exc: BaseException, url: str, doing: str = "") -> DatabaseError:
     """A DatabaseError (a HarnessError: a message, exit 2) saying what a driver error means and what to do;
     the URL's password is never part of it."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -995,7 +1007,7 @@ def database_error(exc: BaseException, url: str) -> DatabaseError:
     if path and os.path.exists(path) and _read_only_folder(path) and "locked" not in text:
         meaning = ("the results database is read-only here (its folder cannot be written); point --db at a "
                    "writable one (read commands such as `harness results list` work on a read-only database)")
-    return DatabaseError(f"{mask_url(url)}: {meaning} ({terminal(redact(raw, url))[:300]})")
+    return DatabaseError(f"{doing + ' ' if doing else ''}{mask_url(url)}: {meaning} ({terminal(redact(raw, url))[:300]})")
 
 
 def _read_only_folder(path: str) -> bool:
@@ -1022,7 +1034,7 @@ def open_store(url: str | None = None, *, read_only: bool = False) -> Store:
         try:
             return Store(url, read_only=True)
         except DBAPIError as exc:
-            raise database_error(exc, url) from None
+            raise database_error(exc, url, "cannot open results database") from None
     # Two controllers creating a new SQLite file at once: switching it to WAL can report "locked" without
     # waiting on the busy handler, so opening is retried for as long as a write would wait.
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
@@ -1032,11 +1044,11 @@ def open_store(url: str | None = None, *, read_only: bool = False) -> Store:
             return Store(url, announce=announce_on_stderr)
         except OperationalError as exc:
             if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                raise database_error(exc, url) from None
+                raise database_error(exc, url, "cannot open results database") from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         except DBAPIError as exc:
-            raise database_error(exc, url) from None
+            raise database_error(exc, url, "cannot open results database") from None
 
 
 def json_default(o: Any) -> Any:

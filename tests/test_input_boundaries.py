@@ -210,3 +210,28 @@ def test_nan_never_reaches_a_json_export(tmp_path: Path) -> None:
     out = io.StringIO()
     write_csv(export_rows(store), out)
     assert "NaN" not in out.getvalue() and "Infinity" not in out.getvalue()
+
+
+def test_opening_a_database_again_in_the_same_process_keeps_every_open_store_current(tmp_path: Path) -> None:
+    """The check that a file is a harness database reads it through SQLite only: a plain open() and close()
+    of the file would drop the POSIX locks of every connection this process holds on it, and those
+    connections would keep reading an old snapshot (a resumed run's rows invisible, say)."""
+    import subprocess
+    import sys
+
+    from results.exchange import export_rows
+    from results.store import Store
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    first = Store(url)
+    run = first.create_run(matrix_name="m", matrix_text="", measure={}, devices=["local"])
+    stores = []
+    for n in range(3):
+        stores.append(Store(url))
+        assert len(export_rows(stores[-1])) == n
+        code = ("import sys; from results.store import Store; from workloads.spec import canonical_case; "
+                f"Store({url!r}).add_result({run!r}, 'local', canonical_case({{'seq_len': {8 + n}}}), "
+                "{'status': 'ok', 'samples_ms': [1.0, 1.1]})")
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+        assert [len(export_rows(s)) for s in [first, *stores]] == [n + 1] * (len(stores) + 1)
+
