@@ -232,7 +232,7 @@ class Store:
                 tables = set(inspect(conn).get_table_names())
                 before = _revision(conn) if "alembic_version" in tables else None
         except DBAPIError as exc:
-            raise database_error(exc, self.url) from None
+            raise database_error(exc, self.url, "cannot open results database") from None
         _refuse_foreign(tables, before, self.safe_url)
         if before != SCHEMA_REVISION:
             raise StoreError(f"the results database {self.safe_url} is at schema revision {before or 'none'}; this "
