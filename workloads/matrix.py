@@ -59,7 +59,13 @@ MEASURE_BOUNDS: dict[str, tuple[float, float]] = {
     "warmup_s": (0.0, 3600.0), "min_time_s": (0.0, _WEEK_S), "min_samples": (1, 10_000_000),
     "max_time_s": (0.0, _WEEK_S), "timeout_s": (0.0, _WEEK_S), "min_sample_s": (1e-6, 60.0),
     "cooldown_c": (1.0, 150.0), "cooldown_max_s": (0.0, 86400.0), "idle_s": (0.0, 3600.0),
+    # Contention settings (where MeasureConfig has them): a fraction of the CPUs, and seconds.
+    "max_cpu_other": (0.0, 1.0), "contention_wait_s": (0.0, _WEEK_S),
 }
+# Text measure keys and their allowed values (for the JSON Schema; the loader checks them itself).
+MEASURE_CHOICES: dict[str, tuple[str, ...]] = {}
+# Any other numeric measure key: positive and finite.
+_ANY_POSITIVE = (0.0, 1e12)
 
 
 @dataclass(frozen=True)
@@ -239,7 +245,7 @@ def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
         if key == "cooldown_c" and value is None:
             values[key] = None
             continue
-        low, high = MEASURE_BOUNDS[key]
+        low, high = MEASURE_BOUNDS.get(key, _ANY_POSITIVE)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value < 0 or (value == 0 and key not in ("warmup_s",)):
             raise err(f"expected a positive number, got {value!r}", "measure", key, key=f"measure.{key}")
@@ -289,8 +295,15 @@ def matrix_schema() -> dict[str, Any]:
     types = {f.name: f.type for f in fields(MeasureConfig)}
     measure_props: dict[str, Any] = {}
     for key in MEASURE_KEYS:
-        low, high = MEASURE_BOUNDS[key]
-        integer = types[key] in ("int", int)
+        ftype = types[key]
+        if ftype in ("bool", bool):
+            measure_props[key] = {"type": "boolean"}
+            continue
+        if ftype in ("str", str):
+            measure_props[key] = {"enum": list(MEASURE_CHOICES[key])} if key in MEASURE_CHOICES else {"type": "string"}
+            continue
+        low, high = MEASURE_BOUNDS.get(key, _ANY_POSITIVE)
+        integer = ftype in ("int", int)
         schema = {"type": "integer" if integer else "number", "maximum": high}
         if key == "warmup_s":
             schema["minimum"] = low
