@@ -156,7 +156,7 @@ def _json_problem(value: Any, depth: int = 0) -> str | None:
     return None
 
 
-def _json_object(column: str, value: Any, seen: dict[int, None]) -> None:
+def _json_object(column: str, value: Any, seen: dict[Any, None]) -> None:
     """A JSON object column: a dict with nothing `_json_problem` refuses. Checked once per object."""
     if id(value) in seen:
         return
@@ -182,7 +182,7 @@ _NUMBER = (int, float)
 _SCALAR = (int, float, str)
 
 
-def check_row(row: Mapping[str, Any], seen: dict[int, None] | None = None) -> None:
+def check_row(row: Mapping[str, Any], seen: dict[Any, None] | None = None) -> None:
     """Raise _RowError for the first column of one (typed) row that is wrong. Case keys are checked by
     `workloads.spec.canonical_case` in `import_rows`; times by their parser; raw samples' values (and the
     summaries against them) by `check_summaries`, vectorized over all rows."""
@@ -242,11 +242,16 @@ def check_row(row: Mapping[str, Any], seen: dict[int, None] | None = None) -> No
         value = get(column)
         if value is not None and value.__class__ is not bool:
             raise _RowError(column, f"must be true or false, got {value!r:.30}")
+    details = get("details")
+    if details is not None and details.__class__ is not dict:
+        raise _RowError("details", f"must be a JSON object, got {type(details).__name__}")
+    # Only the first row of a run (measure) and of a run's device (fingerprint) is stored: check those.
     seen = {} if seen is None else seen
-    for column in ("details", "fingerprint", "measure"):
+    for column, key in (("fingerprint", (run_id, device)), ("measure", (run_id,))):
         value = get(column)
-        if value is not None:
+        if value is not None and (column, key) not in seen:
             _json_object(column, value, seen)
+            seen[(column, key)] = None
     samples = get("samples_ms")
     if samples is not None:
         if samples.__class__ is not list or not set(map(type, samples)) <= {int, float}:
@@ -312,7 +317,7 @@ def check_rows(rows: Sequence[Mapping[str, Any]], file: str,
             return f"row {i + 1}" + (f" (line {line})" if line else "")
 
     where = Where()
-    seen: dict[int, None] = {}
+    seen: dict[Any, None] = {}
     for i, row in enumerate(rows):
         try:
             check_row(row, seen)
