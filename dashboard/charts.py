@@ -368,7 +368,7 @@ def tradeoff_points(df: pd.DataFrame, accuracy: str = "rel_err", latency: str = 
         raise ValueError(f"accuracy is one of {', '.join(ACCURACY_METRICS)}; got {accuracy!r}")
     cols = ["device", "shape", "case", "precision", "variant", "seq_len", "latency_ms", "error", "energy_mj",
             "front_accuracy", "front_energy", "case_hash"]
-    ok = df[df["status"] == "ok"]
+    ok = df[(df["status"] == "ok") & df[latency].notna()]  # an impossible stored latency is blanked upstream
     if ok.empty:
         return pd.DataFrame(columns=cols)
     if accuracy == "one_minus_cos":

@@ -8,6 +8,7 @@ expire after `TTL_S` so a dashboard left open picks up the nightly runs. The dat
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -15,7 +16,9 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
+from harness.safe_text import spreadsheet_cell
 from results import queries
+from results.validate import BadValue, sample_problem, summarize_bad
 from results.compare import Comparison, compare_runs, environment_diff
 from results.store import DEFAULT_DB
 from workloads.errors import HarnessError
@@ -56,9 +59,32 @@ def page(title: str, caption: str | None = None) -> str:
 
 
 def csv_download(df: pd.DataFrame, name: str, key: str) -> None:
-    """A CSV download of a query result (the frame as queried, not as rendered)."""
-    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv",
+    """A CSV download of a query result (the frame as queried, not as rendered); text cells a spreadsheet
+    would run as a formula are neutralised (`harness.safe_text.spreadsheet_cell`)."""
+    st.download_button("Download CSV", spreadsheet_safe(df).to_csv(index=False).encode(), file_name=f"{name}.csv",
                        mime="text/csv", key=key)
+
+
+def spreadsheet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot start a spreadsheet formula (numbers are left as they are)."""
+    out = df.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = [spreadsheet_cell(v) if isinstance(v, str) else v for v in out[column]]
+    return out
+
+
+def warn_bad_values(bad: list[Any], where: str = "") -> None:
+    """One warning saying how many stored values were left out as impossible, and which."""
+    if bad:
+        st.warning(summarize_bad(bad) + (f" {where}" if where else "") + ". They are left out of the charts and "
+                   "statistics; re-run those cases, or delete the runs that hold them.")
+
+
+@st.cache_data(ttl=TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def bad_values(url: str) -> list[Any]:
+    """Ok measurements anywhere in the database with impossible stored values."""
+    return queries.bad_values(engine(url))
 
 
 @st.cache_data(ttl=TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
@@ -148,7 +174,8 @@ def trend(url: str, device: str, case_hash: str, metric: str) -> tuple[pd.DataFr
         from results import detect
     except ImportError as exc:
         return series, empty, f"Change-point detection unavailable: results.detect could not be imported ({exc})."
-    usable = (series["status"] == "ok") & series["value"].notna() & (series["value"].astype(float) > 0)
+    values_f = series["value"].astype(float)
+    usable = (series["status"] == "ok") & values_f.notna() & (values_f > 0) & (values_f < math.inf)
     raw: dict[int, list[float]] = {}
     if metric == "latency_ms_p50":
         raw = queries.samples(e, [int(i) for i in series.loc[usable, "measurement_id"]])
@@ -159,7 +186,10 @@ def trend(url: str, device: str, case_hash: str, metric: str) -> tuple[pd.DataFr
     for kind in sorted({bool(flag) for flag in series["emulated"]}):
         runs_ = []
         for row, ok in zip(series.to_dict(orient="records"), usable):
-            values = (raw.get(int(row["measurement_id"])) or [float(row["value"])]) if ok else []
+            samples = raw.get(int(row["measurement_id"])) if ok else None
+            if samples and sample_problem(samples):
+                samples = None  # impossible raw samples (the page lists the bad values): the stored value stands in
+            values = (samples or [float(row["value"])]) if ok else []
             runs_.append(detect.Run(samples=values if bool(row["emulated"]) == kind else [], run_id=row["run_id"],
                                     started_at=row["started_at"], key=row["env_key"]))
         changes += detect.detect_change_points(runs_, lower_is_better=lower, min_runs=MIN_RUNS_PER_SIDE)
@@ -180,3 +210,20 @@ def trend(url: str, device: str, case_hash: str, metric: str) -> tuple[pd.DataFr
         diffs = environment_diff({device: fps.get(before["run_id"])}, {device: fps.get(after["run_id"])})
         whats.append(charts.what_changed(before, after, [d for d in diffs if d.field != "fingerprint"]))
     return series, charts.change_table(changes, whats), note
+
+
+def series_bad_values(series: pd.DataFrame, device: str, label: str, metric: str) -> list[BadValue]:
+    """The runs of a trend series whose stored value is impossible for `metric` (ok rows only)."""
+    from results.validate import value_problem
+
+    out = []
+    for row in series.to_dict(orient="records"):
+        if row["status"] != "ok":
+            continue
+        v = row["value"]
+        empty = v is None or (isinstance(v, float) and math.isnan(v))
+        problem = ("is empty in an ok row (stored as NaN?)" if metric == "latency_ms_p50" else None) if empty \
+            else value_problem(metric, v)
+        if problem:
+            out.append(BadValue(str(row["run_id"]), device, label, metric, problem))
+    return out

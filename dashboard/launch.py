@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.safe_text import mask_url, terminal
 from results import queries
 
 APP = Path(__file__).parent / "app.py"
@@ -44,7 +45,8 @@ def launch(db_url: str, port: int = DEFAULT_PORT) -> int:
     old schema); nothing is started then."""
     check_database(db_url)
     env = dict(os.environ, HARNESS_DB=db_url)
-    print(f"attn-harness dashboard on http://127.0.0.1:{port} reading {db_url} (Ctrl-C stops it)", flush=True)
+    print(f"attn-harness dashboard on http://127.0.0.1:{port} reading {terminal(mask_url(db_url))} (Ctrl-C stops "
+          "it)", flush=True)
     proc = subprocess.Popen(command(port), env=env)
 
     def _stop(signum: int, _frame: Any) -> None:

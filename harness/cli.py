@@ -1,20 +1,28 @@
 """The `harness` command: parses flags, calls the keyword API, formats what comes back.
 
-`HarnessError` is caught once, in `main()`: its message is printed and the exit code is 2. Anything else
-is a bug and keeps its traceback.
+`HarnessError` is caught once, in `main()`: its message is printed and the exit code is 2 (`--debug`
+adds the traceback). A database failure the store did not translate is turned into the same kind of
+message there. Anything else is a bug and keeps its traceback.
+
+Everything printed that did not come from this file (device names, tags, errors, paths, case keys from
+the database or an imported file) goes through `harness.safe_text.terminal`: control characters are
+shown as escapes, never sent to the terminal. Table cells are rich `Text`, never markup.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from harness.safe_text import mask_url, terminal
 from workloads.errors import HarnessError
 
 # Piped output (CI logs, `| less`) gets a wide table rather than rich's 80-column default.
@@ -48,6 +56,27 @@ wait_timeout_option = click.option(
          "still busy after that ends 'busy' and the run can be resumed.")
 
 
+DEBUG_ENV = "HARNESS_DEBUG"
+_debug = False
+
+
+def _e(x: Any) -> str:
+    """Outside text for rich markup: control characters escaped, markup brackets escaped."""
+    return escape(terminal(x))
+
+
+def _cells(*values: Any) -> list[Text]:
+    """Table cells from outside text: shown literally (no markup, no control characters)."""
+    return [Text(terminal("" if v is None else v)) for v in values]
+
+
+def _read_store(db: str | None) -> Any:
+    """The results database for a command that only reads: never created, opened read-only."""
+    from results.store import open_store
+
+    return open_store(db, read_only=True)
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "-"
@@ -58,8 +87,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attn-harness")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (also HARNESS_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Benchmark quantized attention kernels on edge devices and keep the results."""
+    global _debug
+    _debug = _debug or debug
 
 
 # -- run -------------------------------------------------------------------------------------------------
@@ -73,10 +105,15 @@ def cli() -> None:
 @click.option("--stop-stale", is_flag=True,
               help="With --resume: stop agents of that run still measuring on its devices (their controller died) "
                    "instead of refusing.")
+@click.option("--strict", is_flag=True,
+              help="Refuse the matrix when a combination has no kernel (default: store it as skipped).")
+@click.option("--max-cases", type=click.IntRange(1, 10_000_000), default=None, metavar="N",
+              help="Refuse a matrix that expands to more cases than this (default 5000).")
 @db_option
 @inventory_option
 def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | None, dry_run: bool,
-        wait_timeout: float | None, stop_stale: bool, db: str | None, inventory: str | None) -> None:
+        wait_timeout: float | None, stop_stale: bool, strict: bool, max_cases: int | None, db: str | None,
+        inventory: str | None) -> None:
     """Expand a sweep matrix, run it on devices, store every result as it arrives."""
     from devices.inventory import load_inventory
     from harness.controller import run_sweep
@@ -88,42 +125,54 @@ def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | Non
     if not resume:
         # Validate the matrix and the devices before the database is opened (or created): bad input
         # writes nothing.
-        outcome = run_sweep(inv, None, devices=devices, matrix_path=matrix, tag=tag, dry_run=True)
+        outcome = run_sweep(inv, None, devices=devices, matrix_path=matrix, tag=tag, dry_run=True, strict=strict,
+                            **_max_cases(max_cases))
         if dry_run:
-            _print_plan(outcome.plan)
+            _print_plan(outcome.plan, outcome.not_implemented)
             return
     if stop_stale and not resume:
         raise HarnessError("--stop-stale goes with --resume RUN_ID (it stops that run's leftover agents)")
     store = open_store(db)
     with ProgressView(console, err_console) as view:
         outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, resume=resume,
-                            dry_run=dry_run, events=view.event, wait_timeout_s=wait_timeout, stop_stale=stop_stale)
+                            dry_run=dry_run, events=view.event, wait_timeout_s=wait_timeout, stop_stale=stop_stale,
+                            strict=strict, **_max_cases(max_cases))
     if outcome.dry_run:
-        _print_plan(outcome.plan)
+        _print_plan(outcome.plan, outcome.not_implemented)
         return
     _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
     sys.exit(outcome.exit_code)
 
 
 def _resume_command(run_id: str, db: str | None, inventory: str | None) -> str:
-    """The command that resumes a run, with the --db and --inventory this one was given (pasteable)."""
+    """The command that resumes a run, with the --db and --inventory this one was given (pasteable, but
+    for a password in the database URL, which is masked)."""
     import shlex
 
     parts = ["harness", "run", "--resume", run_id]
     if db:
-        parts += ["--db", db]
+        parts += ["--db", mask_url(db)]  # a password never reaches the terminal or a log
     if inventory:
         parts += ["--inventory", inventory]
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _print_plan(plan: Mapping[str, list[dict[str, Any]]]) -> None:
+def _max_cases(max_cases: int | None) -> dict[str, int]:
+    return {} if max_cases is None else {"max_cases": max_cases}
+
+
+def _print_plan(plan: Mapping[str, list[dict[str, Any]]], not_implemented: Mapping[str, str] | None = None) -> None:
     from workloads.spec import case_label
 
+    missing = not_implemented or {}
     for device, items in plan.items():
-        console.print(f"[bold]{escape(device)}[/]: {len(items)} case(s)")
+        skipped = sum(1 for item in items if item["hash"] in missing)
+        console.print(f"[bold]{_e(device)}[/]: {len(items)} case(s)" + (f", {skipped} to be stored as skipped "
+                                                                          "(no kernel)" if skipped else ""))
         for item in items:
-            console.print(escape(f"  {item['hash']}  {case_label(item['case'])}"))
+            reason = missing.get(item["hash"])
+            console.print(_e(f"  {item['hash']}  {case_label(item['case'])}") + (
+                f"  [yellow]skipped:[/] {_e(reason)}" if reason else ""))
 
 
 def _cpu_other(r: Mapping[str, Any]) -> str:
@@ -147,10 +196,10 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> 
     from workloads.spec import case_label
 
     for r in rows:
-        table.add_row(escape(device_label(r["device"], r["device"] in emulated)), case_label(r), r["status"],
-                      _fmt(r["latency_ms_p50"]), _fmt(r["latency_ms_p90"]),
-                      _fmt(r["n_samples"]), _fmt(r["peak_mem_mb"], 0), _fmt(r["cos_sim"], 6), _fmt(r["rel_err"], 4),
-                      _fmt(r["energy_mj_per_inf"]), _cpu_other(r))
+        table.add_row(*_cells(device_label(r["device"], r["device"] in emulated), case_label(r), r["status"],
+                              _fmt(r["latency_ms_p50"]), _fmt(r["latency_ms_p90"]), _fmt(r["n_samples"]),
+                              _fmt(r["peak_mem_mb"], 0), _fmt(r["cos_sim"], 6), _fmt(r["rel_err"], 4),
+                              _fmt(r["energy_mj_per_inf"]), _cpu_other(r)))
     console.print(table)
     contended = [r for r in rows if r.get("contended")]
     if contended:
@@ -163,15 +212,15 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> 
         console.print("[yellow bold]" + escape(warning) + "[/]")
     for r in rows:
         if r["status"] in ("failed", "timeout", "skipped") and r["error"]:
-            console.print(f"[yellow]{r['status']}[/] " + escape(f"{r['device']} {case_label(r)}: {r['error']}"))
+            console.print(f"[yellow]{_e(r['status'])}[/] " + _e(f"{r['device']} {case_label(r)}: {r['error']}"))
     for name, d in outcome.devices.items():
         if d.status != "complete":
-            console.print(f"[red]device {escape(name)}: {d.status}[/] " + escape(d.error or ""))
+            console.print(f"[red]device {_e(name)}: {_e(d.status)}[/] " + _e(d.error or ""))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "nothing stored"
     why = f" ({outcome.error})" if getattr(outcome, "error", None) else ""
-    console.print(f"run id [bold]{outcome.run_id}[/]: {outcome.status}{escape(why)}; {counts}")
+    console.print(f"run id [bold]{_e(outcome.run_id)}[/]: {_e(outcome.status)}{_e(why)}; {_e(counts)}")
     if outcome.status in ("partial", "interrupted", "abandoned", "failed"):
-        console.print("resume with: " + escape(resume_hint or f"harness run --resume {outcome.run_id}"))
+        console.print("resume with: " + _e(resume_hint or f"harness run --resume {outcome.run_id}"))
 
 
 # -- kernels ---------------------------------------------------------------------------------------------
@@ -185,7 +234,7 @@ def kernels_cmd() -> None:
         table.add_column(col)
     for key, k in sorted(all_kernels().items(), key=lambda kv: str(kv[0])):
         needs = ", ".join(k.requires.modules + k.requires.torch_ops)
-        table.add_row(key.variant, key.precision, key.backend, key.scope, needs, k.description)
+        table.add_row(*_cells(key.variant, key.precision, key.backend, key.scope, needs, k.description))
     console.print(table)
 
 
@@ -204,14 +253,13 @@ def devices_list(offline: bool, inventory: str | None) -> None:
 
     inv = load_inventory(inventory)
     holders = {} if offline else _lease_holders(inv)
-    table = Table(title=inv.path or "built-in (no devices.yaml)")
+    table = Table(title=Text(terminal(inv.path or "built-in (no devices.yaml)")))
     for col in ("name", "host", "user", "python", "power", "tags", "held by"):
         table.add_column(col)
     for d in inv.devices.values():
         host = "(this machine)" if d.is_local else f"{d.host}:{d.port or 22}"
-        table.add_row(escape(d.name), escape(host), escape(d.user or "-"), escape(d.python or "-"),
-                      escape((d.power or {}).get("sensor", "-")), escape(",".join(d.tags) or "-"),
-                      escape(holders.get(d.name, "not asked (--offline)")))
+        table.add_row(*_cells(d.name, host, d.user or "-", d.python or "-", (d.power or {}).get("sensor", "-"),
+                              ",".join(d.tags) or "-", holders.get(d.name, "not asked (--offline)")))
     console.print(table)
 
 
@@ -264,12 +312,12 @@ def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
     for name, result in check_devices(inv, configs).items():
         if isinstance(result, HarnessError):
             unreachable += 1
-            console.print(f"[red]{escape(name)}: unreachable[/] " + escape(str(result)))
+            console.print(f"[red]{_e(name)}: unreachable[/] " + _e(str(result)))
             continue
         emulated = str(result.get("emulated", "no")) != "no"
-        console.print(f"[bold]{escape(name)}[/]" + (" [yellow bold](EMULATED)[/]" if emulated else ""))
+        console.print(f"[bold]{_e(name)}[/]" + (" [yellow bold](EMULATED)[/]" if emulated else ""))
         for key, value in result.items():
-            line = escape(f"  {key:<16} {value}")
+            line = _e(f"  {key:<16} {value}")
             console.print(f"[yellow bold]{line}[/]" if key == "emulated" and emulated else line)
         if power_failed(result):
             unreachable += 1
@@ -293,9 +341,9 @@ def devices_trust(name: str, yes: bool, inventory: str | None) -> None:
     try:
         scan = scan_host_key(device, inv)
     except DeviceError as exc:
-        console.print(f"[red]{name}: unreachable[/] {exc}")
+        console.print(f"[red]{_e(name)}: unreachable[/] {_e(exc)}")
         sys.exit(1)
-    console.print(f"{name} ({scan.host_id}) presents {scan.key.get_name()} key {scan.fingerprint}")
+    console.print(_e(f"{name} ({scan.host_id}) presents {scan.key.get_name()} key {scan.fingerprint}"))
     if scan.state == "trusted":
         console.print(f"already pinned in {scan.known_hosts}; nothing to do")
         return
@@ -324,13 +372,11 @@ def results() -> None:
 
 
 @results.command("list")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
 @db_option
 def results_list(limit: int, db: str | None) -> None:
     """List runs, newest first."""
-    from results.store import open_store
-
-    store = open_store(db)
+    store = _read_store(db)
     table = Table()
     for col in ("run id", "started (UTC)", "status", "matrix", "tag", "devices", "results"):
         table.add_column(col)
@@ -339,8 +385,8 @@ def results_list(limit: int, db: str | None) -> None:
     for r in store.list_runs(limit):
         counts = ", ".join(f"{n} {s}" for s, n in sorted(r["counts"].items()))
         devices = ",".join(device_label(d, d in r["emulated"]) for d in r["devices"])
-        table.add_row(r["run_id"], r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), r["status"], r["matrix"],
-                      r["tag"] or "-", escape(devices), counts or "-")
+        table.add_row(*_cells(r["run_id"], r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), r["status"], r["matrix"],
+                              r["tag"] or "-", devices, counts or "-"))
     console.print(table)
 
 
@@ -350,9 +396,8 @@ def results_list(limit: int, db: str | None) -> None:
 def results_show(run_id: str, db: str | None) -> None:
     """Show one run's results."""
     from harness.controller import DeviceOutcome, RunOutcome
-    from results.store import open_store
 
-    store = open_store(db)
+    store = _read_store(db)
     run_row = store.get_run(run_id)
     outcome = RunOutcome(run_id=run_row.id, status=store.run_state(run_row),
                          devices={n: DeviceOutcome(n, status=st, error=err)
@@ -370,33 +415,55 @@ def results_show(run_id: str, db: str | None) -> None:
 def results_export(run_id: str | None, all_runs: bool, fmt: str, output: str, db: str | None) -> None:
     """Export one run (or --all) as CSV or JSON: one row per (run, device, case)."""
     from results.exchange import export_rows, write_csv, write_json
-    from results.store import open_store
 
     if bool(run_id) == all_runs:
         raise HarnessError("give a RUN_ID or --all (not both)")
-    store = open_store(db)
+    store = _read_store(db)
     ids = None if all_runs else [store.get_run(run_id).id]  # type: ignore[arg-type]
     rows = export_rows(store, ids)
     writer = write_csv if fmt == "csv" else write_json
     if output == "-":
         writer(rows, sys.stdout)
     else:
-        with open(output, "w", newline="") as fh:
-            writer(rows, fh)
-        err_console.print(f"wrote {len(rows)} row(s) to {output}")
+        try:
+            with open(output, "w", newline="") as fh:
+                writer(rows, fh)
+        except OSError as exc:
+            raise HarnessError(f"{terminal(output)}: cannot write the export: {exc.strerror}; check that the "
+                               "folder exists and is writable") from None
+        err_console.print(f"wrote {len(rows)} row(s) to {_e(output)}")
+
+
+def _size(text: str) -> int:
+    """'500M', '2G', '100k', '123' (bytes) -> bytes."""
+    units = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
+    t = text.strip().lower().removesuffix("b")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 500M or 2G") from None
+    if not 0 < value < 2 ** 62:
+        raise click.BadParameter(f"{text!r} is not a size such as 500M or 2G")
+    return int(value)
 
 
 @results.command("import")
 @click.argument("file")
+@click.option("--merge", is_flag=True, help="Let the file add devices or cases to a run already stored (only where "
+                                            "the devices' fingerprints agree).")
+@click.option("--max-size", "max_size", default="1G", show_default=True, metavar="SIZE",
+              callback=lambda _ctx, _param, value: _size(value), help="Refuse a file larger than this (500M, 2G).")
 @db_option
-def results_import(file: str, db: str | None) -> None:
+def results_import(file: str, merge: bool, max_size: int, db: str | None) -> None:
     """Import what `results export` wrote; rows already present are skipped."""
-    from results.exchange import import_rows, read_rows
+    from results.exchange import import_rows, prepare_import, read_rows
     from results.store import open_store
 
-    rows = read_rows(file)
+    # The whole file is read and validated before the database is opened (or created).
+    prepared = prepare_import(read_rows(file, max_bytes=max_size), file)
     store = open_store(db)
-    counts = import_rows(store, rows, file)
+    counts = import_rows(store, prepared, merge=merge)
     console.print(f"imported {counts['measurements_added']} measurement(s) in {counts['runs_added']} new run(s); "
                   f"{counts['measurements_skipped']} already present")
 
@@ -421,7 +488,8 @@ def results_prune(older_than: str, db: str | None) -> None:
 @click.argument("run_b")
 @click.option("--devices", "devices_opt", default="", help="Only these devices (comma-separated).")
 @click.option("--force", is_flag=True, help="Compare runs whose environments differ (the fields are listed).")
-@click.option("--min-effect", default=0.05, show_default=True, help="Smallest speedup change that counts.")
+@click.option("--min-effect", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Smallest speedup change that counts (a fraction: 0.05 is 5%).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @db_option
 def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: float, fmt: str,
@@ -431,26 +499,30 @@ def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: f
 
     from harness.report import comparison_rows
     from results.compare import compare_runs
-    from results.store import open_store
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()] or None
-    result = compare_runs(open_store(db), run_a, run_b, devices=devices, min_effect=min_effect, force=force)
+    result = compare_runs(_read_store(db), run_a, run_b, devices=devices, min_effect=min_effect, force=force)
     if fmt == "json":
-        print(json.dumps(asdict(result), indent=1, default=str))
+        print(json.dumps(asdict(result), indent=1, default=str, allow_nan=False))
         return
     for d in result.stable_diffs:
-        console.print(f"[red bold]NOT COMPARABLE[/] " + escape(f"{d.device}: {d.field} {d.a!r} -> {d.b!r}"))
+        console.print("[red bold]NOT COMPARABLE[/] " + _e(f"{d.device}: {d.field} {d.a!r} -> {d.b!r}"))
     from harness.report import emulation_warning
 
     warning = emulation_warning(result.emulated_devices)
     if warning:
-        console.print("[yellow bold]" + escape(warning) + "[/]")
-    table = Table(title=f"A = {result.run_a}, B = {result.run_b} (speedup = A/B, > 1 means B is faster)")
+        console.print("[yellow bold]" + _e(warning) + "[/]")
+    table = Table(title=Text(terminal(f"A = {result.run_a}, B = {result.run_b} (speedup = A/B, > 1 means B is "
+                                      "faster)")))
     for col in ("device", "case", "A p50 ms", "B p50 ms", "speedup", "95% CI", "verdict"):
         table.add_column(col, justify="right" if "ms" in col or col in ("speedup", "95% CI") else "left")
     for row in comparison_rows(result):
-        table.add_row(*(escape(c) for c in row))
+        table.add_row(*_cells(*row))
     console.print(table)
+    if result.bad_values:
+        from results.validate import summarize_bad
+
+        err_console.print(_e("warning: " + summarize_bad(result.bad_values)))
     counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts.items()))
     geo = f"{result.geomean:.3f}" if result.geomean else "-"
     console.print(f"geometric mean speedup {geo}; {counts}")
@@ -462,12 +534,21 @@ def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: f
 
 
 def _regress(store: Any, devices: list[str] | None, history: bool, min_effect: float, alpha: float,
-             metrics: list[str]) -> list[Any]:
+             metrics: list[str], skipped: list[Any] | None = None) -> list[Any]:
     from results import regress as rg
 
     if history:
-        return rg.history(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha)
-    return rg.latest(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha)
+        return rg.history(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha,
+                          skipped=skipped)
+    return rg.latest(store, devices=devices, metrics=metrics, min_effect=min_effect, alpha=alpha, skipped=skipped)
+
+
+def _warn_skipped(skipped: list[Any]) -> None:
+    """Say on stderr how many stored values a reader left out, and where."""
+    if skipped:
+        from results.validate import summarize_bad
+
+        err_console.print(_e("warning: " + summarize_bad(skipped)))
 
 
 def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, inventory: str | None) -> list[Any]:
@@ -483,7 +564,7 @@ def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, 
     kept = [f for f in findings if f.direction != "regression"]
     for c in confirm(suspects, load_inventory(inventory), revisions, rounds=rounds, min_effect=min_effect):
         err_console.print(("confirmed: " if c.confirmed else "not confirmed: " if c.confirmed is False
-                           else "unconfirmed: ") + f"{c.finding.device} {c.finding.case_hash}: {c.reason}",
+                           else "unconfirmed: ") + terminal(f"{c.finding.device} {c.finding.case_hash}: {c.reason}"),
                           markup=False)
         if c.confirmed is not False:
             c.finding.cause = (c.finding.cause + "; " if c.finding.cause else "") + (
@@ -500,9 +581,11 @@ metric_option = click.option("--metric", "metrics", multiple=True, default=("lat
 @click.option("--devices", "devices_opt", default="", help="Only these devices (comma-separated).")
 @click.option("--history", is_flag=True, help="List every change point in the stored history.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
-@click.option("--min-effect", default=0.05, show_default=True, help="Smallest relative change reported.")
-@click.option("--alpha", default=0.001, show_default=True, help="Significance level.")
-@click.option("--confirm", "confirm_rounds", type=int, default=0, metavar="ROUNDS",
+@click.option("--min-effect", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Smallest relative change reported (a fraction: 0.05 is 5%).")
+@click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Significance level.")
+@click.option("--confirm", "confirm_rounds", type=click.IntRange(0, 1000), default=0, metavar="ROUNDS",
               help="Re-measure each suspected regression ROUNDS times, old and new code alternated, and report "
                    "only those that reproduce.")
 @metric_option
@@ -512,11 +595,12 @@ def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha:
             metrics: tuple[str, ...], db: str | None, inventory: str | None) -> None:
     """The newest run per device against its history (exit 1 on regressions), or --history."""
     from harness.report import findings_json, findings_markdown, findings_text
-    from results.store import open_store
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()] or None
-    store = open_store(db)
-    findings = _regress(store, devices, history, min_effect, alpha, list(metrics))
+    store = _read_store(db)
+    skipped: list[Any] = []
+    findings = _regress(store, devices, history, min_effect, alpha, list(metrics), skipped)
+    _warn_skipped(skipped)
     if confirm_rounds and not history:
         findings = _confirmed(store, findings, confirm_rounds, min_effect, inventory)
     mode = "history" if history else "latest"
@@ -525,9 +609,17 @@ def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha:
     elif fmt == "markdown":
         print(findings_markdown(findings, title="attn-harness regressions", mode=mode))
     else:
-        print(findings_text(findings, mode=mode))
+        print(terminal(findings_text(findings, mode=mode), keep_newlines=True))
     if not history and any(f.direction == "regression" for f in findings):
         sys.exit(1)
+
+
+NIGHTLY_COULD_NOT_CHECK = 3
+_NIGHTLY_MEANING = {0: "checked; no regression, every case produced a result or was skipped",
+                    1: "regression found, or cases failed or timed out (listed below)",
+                    NIGHTLY_COULD_NOT_CHECK: "could not check (see 'Could not check'); no regression was found in "
+                                             "what could be checked",
+                    130: "interrupted by SIGINT", 143: "interrupted by SIGTERM", 129: "interrupted by SIGHUP"}
 
 
 @cli.command()
@@ -536,45 +628,103 @@ def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha:
 @click.option("--tag", default="nightly", show_default=True)
 @click.option("--report", "report_path", default=None, metavar="FILE",
               help="Markdown report (default nightly-<run id>.md).")
-@click.option("--min-effect", default=0.05, show_default=True)
-@click.option("--alpha", default=0.001, show_default=True)
+@click.option("--min-effect", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @wait_timeout_option
 @db_option
 @inventory_option
 def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, min_effect: float, alpha: float,
             wait_timeout: float | None, db: str | None, inventory: str | None) -> None:
-    """Run the sweep, then regress the newest run against history, then write the markdown report."""
+    """Run the sweep, then regress the newest run against history, then write the markdown report.
+
+    Exit 0: no regression; 1: regression found, or cases failed or timed out; 3: could not check (a device
+    could not finish, the database or the check failed); 2: bad input, nothing written. The report is
+    written in every case but 2."""
+    import os
+    import traceback
+
     from devices.inventory import load_inventory
     from harness.controller import run_sweep
     from harness.progress import ProgressView
-    from harness.report import findings_markdown, findings_text
+    from harness.report import findings_text, nightly_markdown
+    from results.exchange import export_rows
     from results.store import open_store
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()]
     inv = load_inventory(inventory)
     run_sweep(inv, None, devices=devices, matrix_path=matrix, dry_run=True)  # validate before writing
+    if report_path and not os.path.isdir(os.path.dirname(os.path.abspath(report_path))):
+        raise HarnessError(f"{terminal(report_path)}: the report's folder does not exist; create it or pick another "
+                           "--report path")
+    could_not_check: list[str] = []
+    outcome = None
+    findings: list[Any] | None = None
+    skipped: list[Any] = []
+    problem_rows: list[dict[str, Any]] = []
+
+    def failed(what: str, exc: BaseException) -> None:
+        if not isinstance(exc, HarnessError):  # a bug: keep its traceback where a human can find it
+            detail = "".join(traceback.format_exception(exc)) if _debug else "rerun with --debug for the traceback"
+            err_console.print(_e(f"error: {what} failed unexpectedly: {type(exc).__name__}: {exc}; {detail}"))
+        could_not_check.append(f"{what}: {terminal(exc)}")
+
     store = open_store(db)
-    with ProgressView(console, err_console) as view:
-        outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event,
-                            wait_timeout_s=wait_timeout)
-    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
-    if outcome.status == "interrupted":
-        # Stopped (systemd's SIGTERM, say): no regression verdict from a half-measured night.
-        sys.exit(outcome.exit_code)
-    findings = _regress(store, devices, False, min_effect, alpha, ["latency_ms"])
-    path = report_path or f"nightly-{outcome.run_id}.md"
-    text = findings_markdown(findings, title=f"attn-harness nightly, run {outcome.run_id} ({outcome.status})",
-                             mode="latest")
-    with open(path, "w") as fh:
-        fh.write(text + "\n")
-    print(findings_text(findings, mode="latest"))
-    console.print(f"report written to {escape(path)}")
-    regressed = any(f.direction == "regression" for f in findings)
-    sys.exit(1 if regressed or outcome.exit_code else 0)
+    try:
+        with ProgressView(console, err_console) as view:
+            outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event,
+                                wait_timeout_s=wait_timeout)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 (the nightly job reports instead of dying without a report)
+        failed("the sweep", exc)
+    if outcome is not None:
+        try:
+            _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
+            problem_rows = [r for r in export_rows(store, [outcome.run_id]) if r["status"] != "ok"]
+        except Exception as exc:  # noqa: BLE001
+            failed("reading the run back", exc)
+        for name, d in outcome.devices.items():
+            if d.status != "complete":
+                could_not_check.append(f"device {terminal(name)} did not finish ({terminal(d.status)}): "
+                                       f"{terminal(d.error or 'no error recorded')}")
+        try:
+            findings = _regress(store, devices, False, min_effect, alpha, ["latency_ms"], skipped)
+        except Exception as exc:  # noqa: BLE001
+            failed("the regression check", exc)
+    _warn_skipped(skipped)
+    regressed = any(f.direction == "regression" for f in findings or [])
+    cases_failed = any(r["status"] in ("failed", "timeout") for r in problem_rows)
+    if outcome is not None and outcome.status == "interrupted":
+        code = outcome.exit_code  # 130, 143 or 129: the signal that stopped it (systemd sends SIGTERM)
+    elif regressed or cases_failed:
+        code = 1
+    elif could_not_check:
+        code = NIGHTLY_COULD_NOT_CHECK
+    else:
+        code = 0
+    run_id = outcome.run_id if outcome is not None else None
+    path = report_path or f"nightly-{run_id or datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.md"
+    text = nightly_markdown(run_id=run_id, run_status=outcome.status if outcome else None,
+                            devices=outcome.devices if outcome else {}, problem_rows=problem_rows,
+                            findings=findings, skipped=skipped, could_not_check=could_not_check, exit_code=code,
+                            exit_meaning=_NIGHTLY_MEANING[code])
+    try:
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+    except OSError as exc:
+        err_console.print(_e(f"error: cannot write the report {path}: {exc.strerror}"))
+        code = code if code else NIGHTLY_COULD_NOT_CHECK
+    else:
+        console.print(f"report written to {_e(path)}")
+    if findings is not None:
+        print(terminal(findings_text(findings, mode="latest"), keep_newlines=True))
+    for line in could_not_check:
+        err_console.print(_e(f"could not check: {line}"))
+    sys.exit(code)
 
 
 @cli.command()
-@click.option("--port", default=8501, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
 @db_option
 def dashboard(port: int, db: str | None) -> None:
     """Start the Streamlit dashboard on 127.0.0.1 against the results database (read-only)."""
@@ -600,24 +750,38 @@ def db_upgrade(db: str | None) -> None:
 
     from results.store import DEFAULT_DB, Store
 
+    from results.store import database_error
+    from sqlalchemy.exc import DBAPIError
+
     url = db or os.environ.get("HARNESS_DB") or DEFAULT_DB
-    store = Store(url, upgrade=False)
-    before, after = store.upgrade(announce=console.print)
-    console.print(f"{url}: schema at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+    try:
+        store = Store(url, upgrade=False)
+        before, after = store.upgrade(announce=lambda m: console.print(_e(m)))
+    except DBAPIError as exc:
+        raise database_error(exc, url) from None
+    console.print(_e(f"{store.safe_url}: schema at revision {after}" + ("" if before == after else
+                                                                       f" (was {before or 'empty'})")))
 
 
 def main() -> None:
-    """Entry point: one place turns a HarnessError into its message and exit code 2."""
+    """Entry point: one place turns a HarnessError (or a database failure) into its message and exit code 2;
+    `--debug` or HARNESS_DEBUG=1 adds the traceback."""
+    import os
+
+    global _debug
+    _debug = "--debug" in sys.argv[1:] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         cli.main(standalone_mode=False)
     except HarnessError as exc:
+        _show_traceback()
         # Plain text, unwrapped: scripts grep this, and paths may hold characters rich reads as markup.
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal(exc, keep_newlines=True)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
+        exc.message = terminal(exc.message, keep_newlines=True)
         exc.show()
         sys.exit(2)
     except SystemExit:
@@ -625,6 +789,34 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(exc, DBAPIError):
+            raise  # a bug: it keeps its traceback
+        from results.store import database_error
+
+        _show_traceback()
+        url = _db_from_argv() or os.environ.get("HARNESS_DB") or ""
+        print(f"error: {terminal(database_error(exc, url), keep_newlines=True)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _db_from_argv() -> str | None:
+    args = sys.argv[1:]
+    for i, a in enumerate(args):
+        if a == "--db" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--db="):
+            return a[5:]
+    return None
+
+
+def _show_traceback() -> None:
+    if _debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

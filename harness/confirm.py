@@ -23,7 +23,9 @@ import numpy as np
 
 from devices.inventory import DeviceConfig, Inventory
 from harness.controller import DEFAULT_WAIT_TIMEOUT_S, REPO_ROOT, AgentSession, LocalAgent
+from harness.safe_text import terminal
 from results.regress import Finding, short_history_change
+from results.validate import GIT_REVISION
 from workloads.errors import HarnessError
 from workloads.matrix import MeasureConfig
 from workloads.spec import case_hash
@@ -45,13 +47,20 @@ class Confirmation:
 
 
 def checkout(revision: str, dest: Path, repo: Path = REPO_ROOT) -> Path:
-    """The device-side code at `revision` (a '-dirty' suffix is dropped: the committed code is used)."""
+    """The device-side code at `revision` (a '-dirty' suffix is dropped: the committed code is used).
+
+    The revision comes from the database, which an import may have filled: it must be a hex object name
+    (anything else is refused, never handed to git), and it is passed after `--end-of-options` so that
+    even a name git would read as an option could not be one."""
+    if not isinstance(revision, str) or not GIT_REVISION.fullmatch(revision):
+        raise HarnessError(f"the stored git revision {terminal(str(revision))[:80]!r} is not a git object name (hex "
+                           "digits); the code of that run cannot be rebuilt")
     rev = revision.removesuffix("-dirty")
-    proc = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev, *BUNDLE_PATHS],
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", "--end-of-options", rev,
+                           *BUNDLE_PATHS], capture_output=True, timeout=120)
     if proc.returncode != 0:
         raise HarnessError(f"cannot take the code of revision {rev} from {repo}: "
-                           f"{proc.stderr.decode(errors='replace').strip()}")
+                           f"{terminal(proc.stderr.decode(errors='replace').strip())}")
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
         tar.extractall(dest, filter="data")
@@ -102,6 +111,12 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
             if not old_rev or not new_rev:
                 out.append(Confirmation(finding, None, "a run recorded no git revision: the code it ran cannot "
                                                        "be rebuilt; re-run both sides by hand"))
+                continue
+            bad = [r for r in (old_rev, new_rev) if not GIT_REVISION.fullmatch(r)]
+            if bad:  # from an old database or an old import: never handed to git
+                out.append(Confirmation(finding, None, f"the stored git revision {terminal(bad[0])[:80]!r} is not a "
+                                                       "git object name (hex digits); the code it ran cannot be "
+                                                       "rebuilt"))
                 continue
             device = inventory.devices.get(finding.device)
             if device is None:

@@ -38,8 +38,8 @@ from devices.inventory import DeviceConfig, Inventory
 from harness import lease
 from kernels.registry import lookup
 from results.store import HEARTBEAT_INTERVAL_S, Store
-from workloads.errors import ConfigError, DeviceError, HarnessError, NotRegisteredError, StoreError
-from workloads.matrix import Sweep, parse_matrix
+from workloads.errors import ConfigError, DatabaseError, DeviceError, HarnessError, NotRegisteredError, StoreError
+from workloads.matrix import DEFAULT_MAX_CASES, Sweep, parse_matrix
 from workloads.spec import case_hash, case_label
 from workloads.stats import instability_warning
 
@@ -199,6 +199,8 @@ class RunOutcome:
     devices: dict[str, DeviceOutcome]
     dry_run: bool = False
     plan: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Planned cases no kernel implements (stored as skipped with this reason), by case hash.
+    not_implemented: dict[str, str] = field(default_factory=dict)
     # Every stored measurement of the run by status (a resumed run includes the earlier ones).
     counts: dict[str, int] = field(default_factory=dict)
     # The signal that interrupted the run, and why it ended as it did when not by finishing.
@@ -232,31 +234,51 @@ def planted_slowdown_from_env() -> dict[str, int] | None:
     out: dict[str, int] = {}
     for part in spec.split(","):
         precision, _, factor = part.partition("=")
-        if not factor.strip().isdigit() or int(factor) < 1:
+        factor = factor.strip()
+        if not precision.strip() or not factor.isascii() or not factor.isdigit() or len(factor) > 6 \
+                or int(factor) < 1:
             raise ConfigError(f"{TEST_SLOWDOWN_ENV}={spec!r}: expected PRECISION=FACTOR[,...] with FACTOR >= 1",
                               key=TEST_SLOWDOWN_ENV)
         out[precision.strip()] = int(factor)
     return out
 
 
-def check_registered(sweep: Sweep, file: str) -> None:
-    """Refuse, before anything is written, cases no kernel implements."""
+def check_registered(sweep: Sweep, file: str, *, strict: bool = True) -> dict[str, str]:
+    """Cases no kernel implements, by hash, with the reason they will be stored as `skipped`.
+
+    A value no kernel knows at all (a precision no kernel computes, say) is a ConfigError naming the
+    known values; with `strict`, so is any combination without a kernel. Raised before anything is
+    written."""
+    from kernels.registry import unknown_values
+
+    for key, value, known in unknown_values(sweep.cases):
+        raise ConfigError(f"no kernel computes {key} {value!r}; kernels know: {', '.join(known)}", file=file,
+                          key=key)
+    missing: dict[str, str] = {}
     for case in sweep.cases:
         try:
             lookup(case)
         except NotRegisteredError as exc:
-            raise ConfigError(f"{exc} (case {case_label(case)})", file=file, key="precision") from None
+            if strict:
+                raise ConfigError(f"{exc} (case {case_label(case)}); without --strict it would be stored as "
+                                  "skipped", file=file, key="precision") from None
+            missing[case_hash(case)] = str(exc)
+    return missing
 
 
 def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], matrix_path: str | None = None,
               sweep: Sweep | None = None, tag: str | None = None, resume: str | None = None,
               dry_run: bool = False, events: Events = _no_events,
               transport_factory: Callable[[DeviceConfig, Inventory], Transport] = transport_for,
-              wait_timeout_s: float | None = DEFAULT_WAIT_TIMEOUT_S, stop_stale: bool = False) -> RunOutcome:
+              wait_timeout_s: float | None = DEFAULT_WAIT_TIMEOUT_S, stop_stale: bool = False,
+              strict: bool = False, max_cases: int | None = DEFAULT_MAX_CASES) -> RunOutcome:
     """Expand the matrix, plan per device, run, and store each result as it arrives.
 
-    `wait_timeout_s`: how long a device held by another run is waited for (None: no limit, 0: not at all).
-    `stop_stale` (with `resume`): stop agents of that run still alive on its devices instead of refusing."""
+    Everything about the input is checked before anything is written: the matrix (at most `max_cases`
+    cases), the devices, the kernels (`strict`: a combination without a kernel is refused rather than
+    stored as skipped), the test-only slowdown variable. `wait_timeout_s`: how long a device held by another
+    run is waited for (None: no limit, 0: not at all). `stop_stale` (with `resume`): stop agents of that run
+    still alive on its devices instead of refusing."""
     planted = planted_slowdown_from_env()  # a bad value is refused here, before anything runs
     if resume:
         if store is None:
@@ -264,7 +286,7 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
         run = store.get_run(resume)
         if run.status == "complete":
             raise HarnessError(f"run {run.id} is complete; nothing to resume")
-        sweep = parse_matrix(run.matrix_text, f"<matrix of run {run.id}>")
+        sweep = parse_matrix(run.matrix_text, f"<matrix of run {run.id}>", max_cases=None)
         run_devices = store.run_devices(run.id)
         names = [d for d in devices if d in run_devices] if devices else run_devices
         unknown = [d for d in devices if d not in run_devices]
@@ -278,12 +300,12 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
                 raise ConfigError("give --matrix FILE (for example sweeps/quick.yaml)", key="--matrix")
             from workloads.matrix import load_matrix
 
-            sweep = load_matrix(matrix_path)
+            sweep = load_matrix(matrix_path, max_cases=max_cases)
         if not devices:
             raise ConfigError("give --devices NAME[,NAME...] (the device 'local' always exists)", key="--devices")
         names = devices
         run_id = ""
-    check_registered(sweep, matrix_path or "<matrix>")
+    not_implemented = check_registered(sweep, matrix_path or "<matrix>", strict=strict)
     configs = inventory.resolve(names)
     if len(set(names)) != len(names):
         raise ConfigError(f"a device is named twice in --devices: {','.join(names)}", key="--devices")
@@ -295,7 +317,7 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     if dry_run:
         return RunOutcome(run_id="", status="dry-run", devices={n: DeviceOutcome(n, planned=len(p))
                                                                for n, p in plans.items()},
-                          dry_run=True, plan=plans)
+                          dry_run=True, plan=plans, not_implemented=not_implemented)
     assert store is not None
     if resume:
         store.check_resumable(run_id)  # a live controller first: its agents are not stale
@@ -490,7 +512,7 @@ def _run(inventory: Inventory, store: Store, sweep: Sweep, configs: list[DeviceC
         outcome.status = "complete" if complete else "partial"
         outcome.counts = store.status_counts(run_id)
         store.finish_run(run_id, outcome.status)
-    except (SQLAlchemyError, OSError) as exc:
+    except (DatabaseError, SQLAlchemyError, OSError) as exc:
         stop_all()
         raise _database_failed(store, run_id, exc) from None
     events("", "finished", {"run_id": run_id, "status": outcome.status})

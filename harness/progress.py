@@ -8,7 +8,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from harness.safe_text import terminal
 from workloads.spec import case_label
+
+
+def _e(text: Any) -> str:
+    """Text from a device or the database for rich markup: control characters escaped, then markup."""
+    return escape(terminal(text))
 
 
 class ProgressView:
@@ -38,29 +44,29 @@ class ProgressView:
                 self.tasks[name] = self.progress.add_task("", total=total, device=name, status="starting")
         elif kind == "start" and device in self.tasks:
             case = payload.get("case")
-            self.progress.update(self.tasks[device], status=escape(case_label(case)) if case else "")
+            self.progress.update(self.tasks[device], status=_e(case_label(case)) if case else "")
         elif kind == "result" and device in self.tasks:
             self.progress.advance(self.tasks[device])
             for note in payload.get("notes") or []:
-                self.err.print("[yellow]warning:[/] " + escape(note))
+                self.err.print("[yellow]warning:[/] " + _e(note))
             if payload.get("status") in ("failed", "timeout"):
-                self.console.print(f"[red]{payload['status']}[/] " +
-                                   escape(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))
+                self.console.print(f"[red]{_e(payload['status'])}[/] " +
+                                   _e(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))
         elif kind == "waiting" and device in self.tasks:
             holder = payload.get("holder") or {}
             key = (holder.get("run_id"), holder.get("pid"))
             if self.waiting_on.get(device) != key:  # once per holder, not every few seconds
                 self.waiting_on[device] = key
-                self.err.print("[yellow]waiting[/] for " + escape(f"{device} ({_held_by(holder)}); ") +
-                               escape(_wait_limit(payload.get("wait_timeout_s"))))
+                self.err.print("[yellow]waiting[/] for " + _e(f"{device} ({_held_by(holder)}); ") +
+                               _e(_wait_limit(payload.get("wait_timeout_s"))))
             self.progress.update(self.tasks[device], status=f"waiting {payload.get('waited_s', 0):.0f} s")
         elif kind == "leased" and device in self.tasks:
-            self.err.print(escape(f"{device} is free: waited {payload.get('waited_s', 0):.0f} s"))
+            self.err.print(_e(f"{device} is free: waited {payload.get('waited_s', 0):.0f} s"))
             self.progress.update(self.tasks[device], status="starting")
         elif kind == "end" and device in self.tasks:
-            self.progress.update(self.tasks[device], status=payload["status"])
+            self.progress.update(self.tasks[device], status=_e(payload["status"]))
         elif kind == "stopping":
-            self.err.print(f"[yellow]{escape(payload.get('signal') or 'stop')} received[/]: stopping the agents; "
+            self.err.print(f"[yellow]{_e(payload.get('signal') or 'stop')} received[/]: stopping the agents; "
                            "every result received is kept")
         elif kind == "interrupted":
             self.err.print("[yellow]interrupted[/]: every result received is stored")

@@ -6,8 +6,9 @@ Findings and comparisons are plain data (results.regress, results.compare); only
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from harness.safe_text import terminal
 from workloads.spec import case_label
 
 UNITS = {"latency_ms": "ms", "energy_mj_per_inf": "mJ", "cos_sim": ""}
@@ -34,7 +35,22 @@ def emulation_warning(devices: Sequence[str]) -> str | None:
 
 
 def findings_json(findings: Sequence[Any]) -> str:
-    return json.dumps([f.to_dict() for f in findings], indent=1, default=str)
+    return json.dumps([_finite(f.to_dict()) for f in findings], indent=1, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def md_cell(value: Any) -> str:
+    """Text for one markdown table cell: one line, pipes escaped, control characters shown as escapes."""
+    return terminal("" if value is None else value).replace("\\n", " ").replace("|", "\\|")
 
 
 def _line(f: Any) -> str:
@@ -73,8 +89,8 @@ def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
                 "| device | case | metric | before | after | change | first run | statistic | differs |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for f in group:
-            differs = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in f.differs.items()) or "-"
-            out.append(f"| {device_label(f.device, f.emulated)} | {case_label(f.case)} | {f.metric} | "
+            differs = md_cell("; ".join(f"{k}: {a} → {b}" for k, (a, b) in f.differs.items()) or "-")
+            out.append(f"| {md_cell(device_label(f.device, f.emulated))} | {md_cell(case_label(f.case))} | {f.metric} | "
                        f"{_num(f.before)} "
                        f"[{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] | {_num(f.after)} "
                        f"[{_num(f.after_interval[0])}, {_num(f.after_interval[1])}] | {f.change_pct:+.1f}% | "
@@ -96,3 +112,39 @@ def comparison_rows(comparison: Any) -> list[list[str]]:
 
 def _ms(x: float | None) -> str:
     return f"{x:.4g}" if x is not None else "-"
+
+
+def nightly_markdown(*, run_id: str | None, run_status: str | None, devices: Mapping[str, Any],
+                     problem_rows: Sequence[Mapping[str, Any]], findings: Sequence[Any] | None,
+                     skipped: Sequence[Any], could_not_check: Sequence[str], exit_code: int,
+                     exit_meaning: str) -> str:
+    """The nightly report: what ran, what did not produce a result (failed, timed out, skipped cases and
+    devices that could not finish), the regressions and improvements, the stored values the check had to
+    leave out, and what could not be checked. Written whatever happened, so a cron job always has one."""
+    title = f"attn-harness nightly, run {run_id} ({run_status})" if run_id else "attn-harness nightly (no run)"
+    out = [f"# {md_cell(title)}", "", f"Exit code {exit_code}: {exit_meaning}.", ""]
+    if could_not_check:
+        out += ["## Could not check", ""] + [f"- {md_cell(p)}" for p in could_not_check] + [""]
+    bad_devices = {name: d for name, d in devices.items() if getattr(d, "status", "complete") != "complete"}
+    if bad_devices:
+        out += ["## Devices that did not finish", "", "| device | status | error |", "|---|---|---|"]
+        for name, d in bad_devices.items():
+            out.append(f"| {md_cell(name)} | {md_cell(d.status)} | {md_cell(d.error or '')} |")
+        out.append("")
+    if problem_rows:
+        out += ["## Cases without a result", "", "| device | case | status | error |", "|---|---|---|---|"]
+        for r in problem_rows:
+            out.append(f"| {md_cell(r['device'])} | {md_cell(case_label(r))} | {md_cell(r['status'])} | "
+                       f"{md_cell((r.get('error') or '')[:500])} |")
+        out.append("")
+    if findings is not None:
+        body = findings_markdown(findings, title="Regression check", mode="latest").split("\n")
+        out += ["#" + body[0]] + [("#" + line if line.startswith("## ") else line) for line in body[1:]]
+    if skipped:
+        out += ["## Stored values left out", "",
+                f"{len(skipped)} stored value(s) are not finite or impossible and were left out of the check:", ""]
+        out += [f"- {md_cell(b)}" for b in skipped[:50]]
+        if len(skipped) > 50:
+            out.append(f"- and {len(skipped) - 50} more")
+        out.append("")
+    return "\n".join(out)

@@ -134,18 +134,49 @@ def key_of(case: Mapping[str, Any]) -> KernelKey:
     return KernelKey(case["variant"], case["precision"], case["backend"], case.get("scope", "core"))
 
 
+KEY_FIELDS = ("variant", "precision", "backend", "scope")
+
+
+def nearest(key: KernelKey, limit: int = 3) -> list[KernelKey]:
+    """Registered kernels closest to `key`: fewest differing fields, then the same variant, precision,
+    backend (in that order of importance)."""
+    _load_all()
+
+    def distance(k: KernelKey) -> tuple[int, ...]:
+        diff = tuple(int(getattr(k, f) != getattr(key, f)) for f in KEY_FIELDS)
+        return (sum(diff), *diff, )
+
+    return sorted(_REGISTRY, key=lambda k: (distance(k), str(k)))[:limit]
+
+
+def unknown_values(cases: Any) -> list[tuple[str, Any, list[str]]]:
+    """(key, value, values kernels know) for each variant/precision/backend/scope value of `cases` that no
+    registered kernel has: such a value is an error, not a hole in a sweep."""
+    _load_all()
+    known = {f: sorted({getattr(k, f) for k in _REGISTRY}) for f in KEY_FIELDS}
+    out = []
+    seen = set()
+    for case in cases:
+        key = key_of(case)
+        for f in KEY_FIELDS:
+            value = getattr(key, f)
+            if value not in known[f] and (f, value) not in seen:
+                seen.add((f, value))
+                out.append((f, value, known[f]))
+    return out
+
+
 def lookup(case: Mapping[str, Any]) -> Kernel:
-    """The kernel for a case, or NotRegisteredError naming what exists."""
+    """The kernel for a case, or NotRegisteredError ("not implemented: no kernel for ...; nearest: ...")."""
     _load_all()
     key = key_of(case)
     try:
         return _REGISTRY[key]
     except KeyError:
-        close = sorted(str(k) for k in _REGISTRY
-                       if k.variant == key.variant or k.precision == key.precision)
+        close = ", ".join(str(k) for k in nearest(key))
         raise NotRegisteredError(
-            f"no kernel for {key} (variant/precision/backend/scope); registered with that variant or "
-            f"precision: {', '.join(close) or 'none'}. `harness kernels` lists them all.") from None
+            f"not implemented: no kernel for {key} (variant/precision/backend/scope); nearest: {close or 'none'}. "
+            "`harness kernels` lists them all.") from None
 
 
 def module_available(name: str) -> bool:

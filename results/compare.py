@@ -31,6 +31,8 @@ from workloads.errors import HarnessError
 from workloads.spec import CASE_COLUMNS, case_label
 from workloads.stats import bootstrap_ratio_ci
 
+from .validate import BadValue, sample_problem, value_problem
+
 FASTER = "faster"
 SLOWER = "slower"
 NOISE = "noise"
@@ -113,6 +115,8 @@ class Comparison:
     counts: Mapping[str, int] = field(default_factory=dict)
     # Devices that ran under an emulator in either run: their timings are not a real CPU's.
     emulated_devices: tuple[str, ...] = ()
+    # Stored values left out because they cannot be measurements (NaN, infinite, <= 0 latencies).
+    bad_values: tuple[BadValue, ...] = ()
 
     @property
     def comparable(self) -> bool:
@@ -185,15 +189,17 @@ def geometric_mean(speedups: Iterable[float | None]) -> float | None:
 
 def compare_cases(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any]],
                   samples: Mapping[int, Sequence[float]], *, min_effect: float = 0.05, confidence: float = 0.95,
-                  n_boot: int = 1000, seed: int = 0) -> list[CaseComparison]:
+                  n_boot: int = 1000, seed: int = 0, bad: list[BadValue] | None = None) -> list[CaseComparison]:
     """Pair the rows of two runs by (device, case_hash) and compare each pair.
 
     A row is a mapping with `device`, `case_hash`, the case keys, `status`, `error`, `measurement_id` and
     `latency_ms_p50` (used only when raw samples were pruned). `samples` maps measurement ids to raw
-    samples (ms). Medians come from the raw samples where they exist.
+    samples (ms). Medians come from the raw samples where they exist. Raw samples or a median that cannot
+    be a latency (NaN, infinite, <= 0) are left out (the case gets `no samples`) and listed in `bad`.
     """
     if not 0.0 <= min_effect < 1.0:
         raise ValueError(f"min_effect is a fraction (0.05 means 5%); got {min_effect}")
+    samples = _usable_samples(rows_a, rows_b, samples, bad)
     index_a = {(r["device"], r["case_hash"]): r for r in rows_a}
     index_b = {(r["device"], r["case_hash"]): r for r in rows_b}
     keys = sorted(set(index_a) | set(index_b), key=lambda k: (k[0], _sort_key(index_a.get(k) or index_b[k]), k[1]))
@@ -221,6 +227,32 @@ def compare_cases(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[
     return out
 
 
+def _usable_samples(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any]],
+                    samples: Mapping[int, Sequence[float]], bad: list[BadValue] | None) -> dict[int, Sequence[float]]:
+    """`samples` without the sets that cannot be latencies; those (and bad stored medians) go to `bad`."""
+    out = dict(samples)
+    for rows, side in ((rows_a, "A"), (rows_b, "B")):
+        for r in rows:
+            if r.get("status") != "ok":
+                continue
+            mid = r.get("measurement_id")
+            mid = int(mid) if mid is not None and not _isnan(mid) else None
+            values = out.get(mid) if mid is not None else None
+            problem, column = (sample_problem(values), "samples_ms") if values else (None, "")
+            if not values:
+                p50 = r.get("latency_ms_p50")
+                problem, column = value_problem("latency_ms_p50", p50), "latency_ms_p50"
+                if problem is None and (p50 is None or _isnan(p50)):
+                    problem = "is empty in an ok row (stored as NaN?)"
+            if problem:
+                if mid is not None:
+                    out.pop(mid, None)
+                if bad is not None:
+                    label = case_label(r) if r.get("variant") else str(r.get("case_hash"))
+                    bad.append(BadValue(str(r.get("run_id", side)), str(r.get("device")), label, column, problem))
+    return out
+
+
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
@@ -236,7 +268,7 @@ def _side(row: Mapping[str, Any] | None, samples: Mapping[int, Sequence[float]])
     mid = int(mid) if mid is not None and not _isnan(mid) else None
     values = samples.get(mid) if mid is not None else None
     median = _median(values) if values else row.get("latency_ms_p50")
-    median = None if median is None or _isnan(median) else float(median)
+    median = None if median is None or value_problem("latency_ms_p50", median) else float(median)
     error = row.get("error")
     other = row.get("cpu_other")
     busy = row.get("contended")
@@ -348,9 +380,10 @@ def compare_runs(store: Any, run_a: str, run_b: str, *, devices: Sequence[str] |
     raw = queries.samples(store, ok_ids)
     records_a = rows_a.to_dict(orient="records")
     records_b = rows_b.to_dict(orient="records")
+    bad: list[BadValue] = []
     cases = compare_cases(records_a, records_b, raw, min_effect=min_effect, confidence=confidence,
-                          n_boot=n_boot, seed=seed)
+                          n_boot=n_boot, seed=seed, bad=bad)
     return Comparison(run_a=run_a, run_b=run_b, cases=tuple(cases),
                       geomean=geometric_mean(c.speedup for c in cases), env_diffs=tuple(diffs),
                       min_effect=min_effect, confidence=confidence, counts=status_counts(cases),
-                      emulated_devices=emulated_in(fp_a, fp_b))
+                      emulated_devices=emulated_in(fp_a, fp_b), bad_values=tuple(bad))

@@ -3,10 +3,14 @@
 Export then import into an empty database then export again gives the same rows: raw samples travel in
 `samples_ms`, the device's environment in `fingerprint`, the run's identity in `run_id`. Import merges
 into a database that already has other runs and skips rows it already holds (by run, device and case), so
-histories from several labs merge without duplicates. Empty cells mean "not measured", never zero.
+histories from several labs merge without duplicates. Empty cells mean "not measured", never zero. JSON
+never holds NaN or Infinity; CSV text cells that a spreadsheet would run as a formula are neutralised
+with a leading `'` on export and restored on import.
 
-Import validates every row before it writes anything, then hands the rows to `Store.merge`: one
-transaction per file, the engine's bulk path (executemany on SQLite, COPY on PostgreSQL). Export reads runs,
+Import reads the file through the same bounded reader as every input (`workloads.yamlload.read_text`:
+regular files only, a size cap, UTF-8), validates every row before it writes anything
+(`results.validate`), refuses rows that would graft devices or cases onto a run already stored unless
+`merge`, then hands the rows to `Store.merge`: one transaction per file, the engine's bulk path (executemany on SQLite, COPY on PostgreSQL). Export reads runs,
 devices and cases once and streams measurements with their samples in one query.
 """
 
@@ -15,18 +19,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import struct
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import select
 
+from harness.safe_text import spreadsheet_cell, spreadsheet_restore
 from workloads.errors import ConfigError
 from workloads.spec import CASE_COLUMNS, CaseKeyError, canonical_case, case_hash
+from workloads.yamlload import read_text
 
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
 from .store import IN_CHUNK, MEASUREMENT_VALUE_COLUMNS, MergeRow, Store, select_in, unpack_samples
+from .validate import StoredRun, check_rows, graft_problem
 
 RUN_COLUMNS = ("run_id", "started_at", "finished_at", "run_status", "matrix", "tag", "harness_version",
                "git_revision")
@@ -49,6 +58,10 @@ FLOAT_COLUMNS = {"density", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99"
                  "rel_err", "max_abs_err", "rmse", "cpu_other"}
 BOOL_COLUMNS = {"is_estimate", "throttled", "contended"}
 TIME_COLUMNS = {"started_at", "finished_at", "measured_at", "measured_until"}
+REQUIRED_COLUMNS = ("run_id", "device", "status", "variant", "precision")
+# Largest import file read (`harness results import --max-size` changes it): 100,000 rows with their raw
+# samples, fingerprints and matrices are about 400 MB of JSON.
+IMPORT_MAX_BYTES = 1_000_000_000
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -128,19 +141,41 @@ def export_rows(store: Store, run_ids: Iterable[str] | None = None) -> list[dict
     return rows
 
 
+def _finite_json(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities (which JSON cannot hold) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except ValueError:  # a NaN kept in details (a kernel's NaN accuracy): null in the file
+        return json.dumps(_finite_json(value), sort_keys=True, allow_nan=False)
+
+
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return ""
     if column in JSON_COLUMNS:
-        return json.dumps(value, sort_keys=True)
+        return spreadsheet_cell(_json_text(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(value)  # shortest repr round-trips exactly
-    return str(value)
+        return repr(value) if math.isfinite(value) else ""  # shortest repr round-trips exactly
+    if column in INT_COLUMNS or column in FLOAT_COLUMNS:
+        return str(value)
+    return spreadsheet_cell(str(value))
 
 
 def write_csv(rows: list[dict[str, Any]], fh: io.TextIOBase | Any) -> None:
+    """CSV as SPEC.md lists the columns. Text cells a spreadsheet would read as a formula (starting with
+    = + - @, tab or CR) get a leading `'` (`harness.safe_text.spreadsheet_cell`); import removes it."""
     writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in rows:
@@ -148,19 +183,40 @@ def write_csv(rows: list[dict[str, Any]], fh: io.TextIOBase | Any) -> None:
 
 
 def write_json(rows: list[dict[str, Any]], fh: Any) -> None:
-    json.dump(rows, fh, indent=1, sort_keys=False)
+    """A JSON list of rows; never NaN or Infinity (JSON has neither: they are written as null)."""
+    try:
+        text = json.dumps(rows, indent=1, sort_keys=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite_json(rows), indent=1, sort_keys=False, allow_nan=False)
+    fh.write(text)
     fh.write("\n")
 
 
-def _typed(value: Any, column: str, where: str) -> Any:
-    """A CSV cell (or JSON value) back to its type; '' is None."""
+class _NotFinite(ValueError):
+    def __init__(self, constant: str) -> None:
+        super().__init__(constant)
+        self.constant = constant
+
+
+def _reject_constant(constant: str) -> Any:
+    raise _NotFinite(constant)
+
+
+def _json_loads(text: str) -> Any:
+    """json.loads that refuses NaN/Infinity (Python's json accepts them; JSON does not)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _typed(value: Any, column: str, where: str, csv_cell: bool = False, file: str | None = None,
+           line: int | None = None) -> Any:
+    """A CSV cell (or JSON value) back to its type; '' is None. CSV text cells lose the mark export added."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         return value
     try:
         if column in JSON_COLUMNS:
-            return json.loads(value)
+            return _json_loads(spreadsheet_restore(value) if csv_cell else value)
         if column in INT_COLUMNS:
             return int(value)
         if column in FLOAT_COLUMNS:
@@ -169,38 +225,113 @@ def _typed(value: Any, column: str, where: str) -> Any:
             if value not in ("true", "false"):
                 raise ValueError(value)
             return value == "true"
+    except _NotFinite as exc:
+        raise ConfigError(f"{where}: column '{column}' holds {exc.constant}, which JSON does not allow",
+                          file=file, line=line) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: column '{column}' is nested too deeply", file=file, line=line) from None
     except ValueError:
-        raise ConfigError(f"column '{column}' has {value!r}, which is not a valid value", file=where,
-                          key=column) from None
-    return value
+        raise ConfigError(f"{where}: column '{column}' has {value[:80]!r}, which is not a valid value",
+                          file=file, line=line) from None
+    return spreadsheet_restore(value) if csv_cell else value
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows from a file `export` wrote (format by extension or content)."""
-    p = Path(path)
+class Rows(list):  # type: ignore[type-arg]
+    """The rows of an import file, with the line each starts on (for messages)."""
+
+    lines: list[int | None]
+
+
+def _where(i: int, line: int | None) -> str:
+    return f"row {i + 1}" + (f" (line {line})" if line else "")
+
+
+def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES) -> Rows:
+    """Rows from a file `export` wrote: JSON (a list of objects) or CSV, by extension, else by content.
+
+    Refuses, before anything is written: a path that is not a regular file, a file over `max_bytes`,
+    text that is not UTF-8, JSON with NaN/Infinity or that is not a list of objects, CSV that does not
+    parse, columns export never writes, rows without the columns every row needs. Values are typed here;
+    `import_rows` checks their ranges."""
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    if text.lstrip().startswith("["):
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON: {exc.msg}", file=path, line=exc.lineno) from None
-    else:
-        raw = list(csv.DictReader(io.StringIO(text)))
-    if not isinstance(raw, list):
-        raise ConfigError("expected a list of rows as `harness results export` writes", file=path)
-    rows = []
+        text = read_text(path, max_bytes=max_bytes, what="results file",
+                         missing_hint="give a file `harness results export` wrote")
+        lower = path.lower()
+        is_json = lower.endswith(".json") or (not lower.endswith(".csv") and text.lstrip()[:1] in ("[", "{"))
+        if is_json:
+            raw, lines = _read_json(text, path), None
+        else:
+            raw, lines = _read_csv(text, path, max_bytes)
+    except MemoryError:
+        raise ConfigError("does not fit in memory; split it into smaller exports (one run each: "
+                          "`harness results export RUN`)", file=path) from None
+    rows = Rows()
+    rows.lines = lines or [None] * len(raw)
+    known = set(COLUMNS)
     for i, r in enumerate(raw):
+        line = rows.lines[i]
         if not isinstance(r, dict):
-            raise ConfigError(f"row {i + 1} is not an object", file=path)
-        missing = [c for c in ("run_id", "device", "status", "variant", "precision") if c not in r]
+            raise ConfigError(f"row {i + 1} is not an object with the export columns", file=path, line=line)
+        unknown = [str(c) for c in r if c not in known]
+        if unknown:
+            raise ConfigError(f"row {i + 1} has column(s) export never writes: {', '.join(unknown[:5])}; import "
+                              "reads what `harness results export` writes", file=path, line=line, key=unknown[0])
+        missing = [c for c in REQUIRED_COLUMNS if c not in r]
         if missing:
             raise ConfigError(f"row {i + 1} lacks column(s) {', '.join(missing)}; import reads what "
-                              "`harness results export` writes", file=path, key=missing[0])
-        rows.append({c: _typed(r.get(c), c, path) for c in COLUMNS if c in r})
+                              "`harness results export` writes", file=path, line=line, key=missing[0])
+        where = _where(i, line)
+        rows.append({c: _typed(v, c, where, csv_cell=lines is not None, file=path) for c, v in r.items()})
     return rows
+
+
+def _read_json(text: str, path: str) -> list[Any]:
+    try:
+        raw = _json_loads(text)
+    except _NotFinite as exc:
+        at = text.find(exc.constant)
+        raise ConfigError(f"holds {exc.constant}, which JSON does not allow (export writes null)", file=path,
+                          line=text.count("\n", 0, at) + 1 if at >= 0 else None) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"not valid JSON: {exc.msg}", file=path, line=exc.lineno) from None
+    except RecursionError:
+        raise ConfigError("not a results file: JSON nested too deeply", file=path) from None
+    except ValueError as exc:  # an integer literal beyond Python's digit limit, say
+        why = "an integer with thousands of digits" if "digits" in str(exc) else str(exc)
+        raise ConfigError(f"not valid JSON: {why}", file=path) from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"expected a JSON list of rows as `harness results export --format json` writes, got "
+                          f"{'an object' if isinstance(raw, dict) else type(raw).__name__}", file=path, line=1)
+    return raw
+
+
+def _read_csv(text: str, path: str, max_bytes: int) -> tuple[list[dict[str, Any]], list[int | None]]:
+    # A raw-samples cell can be far over csv's default 128 KB field limit; the file cap bounds it instead.
+    csv.field_size_limit(max(max_bytes, 131072))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    raw: list[dict[str, Any]] = []
+    lines: list[int | None] = []
+    try:
+        header = next(reader, None)
+        if not header or header == [""]:
+            raise ConfigError("is empty: no CSV header; give a file `harness results export` wrote", file=path)
+        dupes = sorted({c for c in header if header.count(c) > 1})
+        if dupes:
+            raise ConfigError(f"the CSV header names column(s) twice: {', '.join(dupes[:5])}", file=path, line=1)
+        start = reader.line_num + 1
+        for cells in reader:
+            if not cells:
+                start = reader.line_num + 1
+                continue
+            if len(cells) != len(header):
+                raise ConfigError(f"row {len(raw) + 1} has {len(cells)} cells but the header has {len(header)}",
+                                  file=path, line=start)
+            raw.append(dict(zip(header, cells)))
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ConfigError(f"not valid CSV: {exc}", file=path, line=reader.line_num or None) from None
+    return raw, lines
 
 
 # Where each Measurement column comes from in an exported row (MEASUREMENT_VALUE_COLUMNS order).
@@ -209,11 +340,42 @@ _ROW_KEYS = tuple(_ROW_KEY_OF_COLUMN.get(c, c) for c in MEASUREMENT_VALUE_COLUMN
 _TIME_AT = tuple(i for i, c in enumerate(MEASUREMENT_VALUE_COLUMNS) if c in ("started_at", "finished_at"))
 
 
-def import_rows(store: Store, rows: list[dict[str, Any]], file: str = "<import>") -> dict[str, int]:
+@dataclass
+class PreparedImport:
+    """Validated rows, ready to merge: what `prepare_import` makes without touching a database."""
+
+    file: str
+    runs: dict[str, dict[str, Any]]
+    parts: dict[tuple[str, str], dict[str, Any]]
+    rows: list[MergeRow]
+
+
+def import_rows(store: Store, rows: list[dict[str, Any]] | PreparedImport, file: str = "<import>", *,
+                merge: bool = False) -> dict[str, int]:
     """Merge rows into the store in one transaction; returns counts of runs and measurements added/skipped.
 
-    Every row is validated before anything is written. A run keeps its id (histories from several labs
-    merge by it); a row whose (run, device, case) is already stored, or repeated in the file, is skipped."""
+    Every row is validated before anything is written (`prepare_import`). A run keeps its id (histories
+    from several labs merge by it); a row whose (run, device, case) is already stored, or repeated in the
+    file, is skipped. Rows that would add devices or cases to a run already stored are refused unless
+    `merge` (and then the devices' fingerprints must agree): an import never rewrites what a run was."""
+    prepared = rows if isinstance(rows, PreparedImport) else prepare_import(rows, file)
+    _check_grafts(store, prepared.runs, prepared.parts, prepared.rows, prepared.file, merge)
+    counts = store.merge(prepared.runs, prepared.parts, prepared.rows)
+    return {"runs_added": counts.runs_added, "measurements_added": counts.measurements_added,
+            "measurements_skipped": counts.measurements_skipped}
+
+
+def prepare_import(rows: list[dict[str, Any]], file: str = "<import>") -> PreparedImport:
+    """Validate every row (`results.validate.check_rows`: types, ranges, statuses, summaries against raw
+    samples; then case keys and times) and build what `Store.merge` takes. No database is touched, so a
+    bad file is refused before one is opened (or created)."""
+    lines = getattr(rows, "lines", None)
+    fills = check_rows(rows, file, lines)
+
+    def where(i: int) -> str:
+        line = lines[i] if lines is not None and i < len(lines) else None
+        return f"row {i + 1}" + (f" (line {line})" if line else "")
+
     runs: dict[str, dict[str, Any]] = {}
     parts: dict[tuple[str, str], dict[str, Any]] = {}
     merge_rows: list[MergeRow] = []
@@ -227,31 +389,68 @@ def import_rows(store: Store, rows: list[dict[str, Any]], file: str = "<import>"
             try:
                 case = canonical_case(raw_case)
             except CaseKeyError as exc:
-                raise ConfigError(f"row {i + 1}: {exc}", file=file, key=exc.key) from None
+                raise ConfigError(f"{where(i)}: {exc}", file=file, key=exc.key) from None
             found = canonical[raw_key] = (case, case_hash(case))
         run_id = row["run_id"]
-        if run_id not in runs:
-            runs[run_id] = {"started_at": _parse_time(get("started_at")),
-                            "finished_at": _parse_time(get("finished_at")), "status": get("run_status"),
-                            "matrix_name": get("matrix"), "matrix_text": get("matrix_text"),
-                            "measure": get("measure"), "tag": get("tag"),
-                            "harness_version": get("harness_version"), "git_revision": get("git_revision")}
+        try:
+            if run_id not in runs:
+                runs[run_id] = {"started_at": _parse_time(get("started_at")),
+                                "finished_at": _parse_time(get("finished_at")), "status": get("run_status"),
+                                "matrix_name": get("matrix"), "matrix_text": get("matrix_text"),
+                                "measure": get("measure"), "tag": get("tag"),
+                                "harness_version": get("harness_version"), "git_revision": get("git_revision")}
+            values = list(map(get, _ROW_KEYS))
+            for at in _TIME_AT:
+                values[at] = _parse_time(values[at])
+        except (ValueError, TypeError, OverflowError):
+            raise ConfigError(f"{where(i)}: a time column is not an ISO 8601 time such as "
+                              "2026-01-31T02:30:00+00:00", file=file, key="started_at") from None
         device = row["device"]
         if (run_id, device) not in parts:
             parts[(run_id, device)] = {"fingerprint": get("fingerprint"), "idle_power_w": get("idle_power_w"),
                                        "power_source": get("power_source"), "status": "complete"}
-        values = list(map(get, _ROW_KEYS))
-        for at in _TIME_AT:
-            values[at] = _parse_time(values[at])
-        if row["status"] is None:
-            raise ConfigError(f"row {i + 1} has no status", file=file, key="status")
+        fill = fills.get(i)
+        if fill:
+            for column, value in fill.items():
+                values[_ROW_KEYS.index(column)] = value
         samples = get("samples_ms")
-        try:
-            blob = struct.pack(f"<{len(samples)}d", *samples) if samples else None
-        except (struct.error, TypeError):
-            raise ConfigError(f"row {i + 1}: samples_ms must be a list of numbers", file=file,
-                              key="samples_ms") from None
+        blob = struct.pack(f"<{len(samples)}d", *samples) if samples else None
         merge_rows.append(MergeRow(run_id, device, found[0], found[1], tuple(values), blob))
-    counts = store.merge(runs, parts, merge_rows)
-    return {"runs_added": counts.runs_added, "measurements_added": counts.measurements_added,
-            "measurements_skipped": counts.measurements_skipped}
+    return PreparedImport(file, runs, parts, merge_rows)
+
+
+def _check_grafts(store: Store, runs: dict[str, dict[str, Any]], parts: dict[tuple[str, str], dict[str, Any]],
+                  rows: list[MergeRow], file: str, merge: bool) -> None:
+    """Refuse rows that would change a run already stored (see `results.validate.graft_problem`)."""
+    from devices.probe import stable
+
+    from .store import env_key
+
+    ids = sorted(runs)
+    with store.Session() as s:
+        stored = {r[0]: r for r in select_in(s, select(Run.id, Run.started_at, Run.harness_version,
+                                                       Run.git_revision, Run.matrix_name), Run.id, ids)}
+        if not stored:
+            return
+        present = sorted(stored)
+        devices: dict[str, dict[str, str | None]] = {rid: {} for rid in present}
+        for rid, name, key in select_in(s, select(RunDevice.run_id, Device.name, RunDevice.env_key)
+                                        .join(Device, Device.id == RunDevice.device_id), RunDevice.run_id, present):
+            devices[rid][name] = key
+        cases: dict[str, set[tuple[str, str]]] = {rid: set() for rid in present}
+        for rid, name, h in select_in(s, select(Measurement.run_id, Device.name, Case.hash)
+                                      .join(Device, Device.id == Measurement.device_id)
+                                      .join(Case, Case.id == Measurement.case_id), Measurement.run_id, present):
+            cases[rid].add((name, h))
+    pairs: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        if r.run_id in stored:
+            pairs.setdefault(r.run_id, set()).add((r.device, r.case_hash))
+    for rid in present:
+        _, started, version, revision, matrix = stored[rid]
+        env = {d: (env_key(stable(p["fingerprint"])) if p.get("fingerprint") else None)
+               for (run, d), p in parts.items() if run == rid}
+        problem = graft_problem(rid, StoredRun(started, version, revision, matrix, devices[rid], cases[rid]),
+                                runs[rid], pairs.get(rid, set()), env, merge)
+        if problem:
+            raise ConfigError(problem, file=file, key="run_id")

@@ -19,14 +19,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, case, create_engine, event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, and_, case, func, select
 
+from harness.safe_text import terminal
 from workloads.errors import StoreError
 from workloads.spec import CASE_COLUMNS, case_label
 
 from .models import SCHEMA_REVISION, Case, Device, Measurement, Run, RunDevice, SampleSet
-from .store import unpack_samples
+from .store import make_read_only_engine, unpack_samples
+from .validate import BadValue, sample_problem, value_problem
 
 STATUSES = ("ok", "failed", "skipped", "timeout")
 # A device whose newest result is older than this is stale: a nightly plus a couple of hours of slack.
@@ -72,36 +73,10 @@ def engine_of(source: Any) -> Engine:
 
 
 def read_only_engine(url: str) -> Engine:
-    """An engine that cannot write: SQLite opened `mode=rw` (a missing file is an error, not a new empty
-    database) with `PRAGMA query_only`; PostgreSQL with read-only default transactions."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = parsed.database
-        if not path or path == ":memory:":
-            raise StoreError(f"{url}: the dashboard reads a results database file; give its path")
-        import os
-        import sqlite3
-
-        full = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(full):
-            raise StoreError(f"no results database at {full}; run `harness run ... --db {url}` first "
-                             "or point --db at an existing database")
-
-        def connect() -> sqlite3.Connection:
-            conn = sqlite3.connect(f"file:{full}?mode=rw", uri=True, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            return conn
-
-        return create_engine("sqlite://", creator=connect)
-    engine = create_engine(url, pool_pre_ping=True)
-    if parsed.get_backend_name() == "postgresql":
-        @event.listens_for(engine, "connect")
-        def _read_only(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            cur.close()
-    return engine
+    """An engine that cannot write and never creates a database (`results.store.make_read_only_engine`):
+    SQLite opened read-only with `PRAGMA query_only` (a read-only mount works), PostgreSQL with read-only
+    transactions; another application's database is refused."""
+    return make_read_only_engine(url)
 
 
 def schema_revision(engine: Engine) -> str | None:
@@ -185,12 +160,14 @@ def resolve_run(source: Any, ref: str) -> str:
             return ids[want]
         if conn.scalar(select(Run.id).where(Run.id == ref)) is not None:
             return ref
-        found = conn.scalars(select(Run.id).where(Run.id.like(f"{ref}%")).limit(3)).all()
+        # A prefix is matched literally: '%' and '_' in it are characters, not LIKE wildcards.
+        found = conn.scalars(select(Run.id).where(Run.id.startswith(ref, autoescape=True)).limit(3)).all() \
+            if ref else []
     if len(found) == 1:
         return found[0]
     if not found:
-        raise StoreError(f"no run {ref!r} in the database; `harness results list` shows the run ids")
-    raise StoreError(f"run id prefix {ref!r} matches several runs ({', '.join(found)}, ...); give more of it")
+        raise StoreError(f"no run {terminal(ref)!r} in the database; `harness results list` shows the run ids")
+    raise StoreError(f"run id prefix {terminal(ref)!r} matches several runs ({', '.join(found)}, ...); give more of it")
 
 
 def run_devices(source: Any, run_ids: Sequence[str]) -> pd.DataFrame:
@@ -328,7 +305,83 @@ def measurements(source: Any, run_id: str, device: str | Sequence[str] | None = 
     df = pd.concat([raw[["measurement_id", "device", "case_hash"]], cases,
                     raw[["status", "error", *SUMMARY_COLUMNS]]], axis=1)
     df.insert(0, "run_id", run_id)
+    return _blank_bad_values(df)
+
+
+# Summary columns a stored row may hold an impossible value in (databases written before import checked).
+_CHECKED = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std",
+            "peak_mem_mb", "energy_mj_per_inf", "power_w_avg", "cos_sim", "rel_err", "max_abs_err")
+
+
+def _blank_bad_values(df: pd.DataFrame) -> pd.DataFrame:
+    """Impossible stored values (NaN, infinite, a latency <= 0, a cosine outside [-1, 1]) become empty, so
+    no chart or statistic uses them; `bad_values` says which and why (None where the row is fine)."""
+    notes: list[str | None] = [None] * len(df)
+    if df.empty:
+        df["bad_values"] = pd.Series(dtype=object)
+        return df
+    status = list(df["status"])
+    for column in _CHECKED:
+        values = df[column].tolist()
+        bad_rows = []
+        for i, v in enumerate(values):
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                if column == "latency_ms_p50" and status[i] == "ok":
+                    bad_rows.append(i)
+                    notes[i] = (notes[i] + "; " if notes[i] else "") + f"{column} is empty in an ok row (stored as NaN?)"
+                continue
+            problem = value_problem(column, v)
+            if problem:
+                bad_rows.append(i)
+                notes[i] = (notes[i] + "; " if notes[i] else "") + f"{column} {problem}"
+        if bad_rows:
+            df[column] = df[column].astype(float)
+            df.loc[df.index[bad_rows], column] = math.nan
+    df["bad_values"] = notes
     return df
+
+
+def bad_value_list(df: pd.DataFrame) -> list[BadValue]:
+    """The rows of a `measurements` frame that held impossible values, as BadValue records."""
+    if "bad_values" not in df or df.empty:
+        return []
+    out = []
+    for row in df[df["bad_values"].notna()].to_dict(orient="records"):
+        out.append(BadValue(str(row["run_id"]), str(row["device"]), str(row.get("case") or row["case_hash"]),
+                            "values", str(row["bad_values"])))
+    return out
+
+
+def bad_values(source: Any, limit: int = 1000) -> list[BadValue]:
+    """Ok measurements anywhere in the database whose stored summaries are impossible (found in SQL: an
+    empty, non-positive or infinite latency, a cosine outside [-1, 1], a negative error or energy)."""
+    engine = engine_of(source)
+    m = Measurement.__table__
+    big = 1e308  # above every finite double but infinity (and, on PostgreSQL, NaN, which sorts above all)
+    p50 = m.c.latency_ms_p50
+    impossible = ((m.c.status == "ok") & (p50.is_(None) | (p50 <= 0) | (p50 > big))) \
+        | (m.c.cos_sim < -1 - 1e-6) | (m.c.cos_sim > 1 + 1e-6) | (m.c.rel_err < 0) | (m.c.rel_err > big) \
+        | (m.c.energy_mj_per_inf < 0) | (m.c.energy_mj_per_inf > big)
+    q = (select(m.c.run_id, Device.name, Case.params, p50, m.c.cos_sim, m.c.rel_err, m.c.energy_mj_per_inf)
+         .join(Device, Device.id == m.c.device_id).join(Case, Case.id == m.c.case_id)
+         .where(impossible).order_by(m.c.run_id, Device.name).limit(limit))
+    out = []
+    with engine.connect() as conn:
+        for run_id, device, params, *values in conn.execute(q):
+            problems = []
+            for column, v in zip(("latency_ms_p50", "cos_sim", "rel_err", "energy_mj_per_inf"), values):
+                problem = "is empty in an ok row (stored as NaN?)" if v is None and column == "latency_ms_p50" \
+                    else value_problem(column, v)
+                if problem:
+                    problems.append(f"{column} {problem}")
+            p = _params(params)
+            out.append(BadValue(run_id, device, case_label(p) if p else "?", "values", "; ".join(problems)))
+    return out
+
+
+def usable_samples(values: Sequence[float]) -> bool:
+    """True when raw samples can be used (all finite and > 0)."""
+    return sample_problem(values) is None
 
 
 def samples(source: Any, measurement_ids: Sequence[int]) -> dict[int, list[float]]:
@@ -422,7 +475,7 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
                 func.coalesce(RunDevice.fingerprint["emulated"].as_boolean(), False))
          .select_from(recent)
          .join(m, and_(m.c.run_id == recent.c.run_id, m.c.device_id == recent.c.device_id, m.c.status == "ok",
-                       m.c.latency_ms_p50 > 0))
+                       m.c.latency_ms_p50 > 0, m.c.latency_ms_p50 < 1e308))
          .join(RunDevice, and_(RunDevice.run_id == recent.c.run_id, RunDevice.device_id == recent.c.device_id)))
     cols = ["device", "run_id", "started_at", "rn", "measurement_id", "case_id", "p50", "throttled", "contended",
             "env_key", "emulated"]
@@ -458,9 +511,13 @@ def latest_regressions(source: Any, *, history: int = 20, min_effect: float = 0.
         for mid, p50, run_id, t, key, thr, busy, emu in zip(g["measurement_id"], g["p50"], g["run_id"],
                                                             g["started_at"], g["env_key"], g["throttled"],
                                                             g["contended"], g["emulated"]):
-            values = raw.get(int(mid), [p50]) if bool(emu) == kind else []
-            runs_.append(detect.Run(samples=values, run_id=run_id, started_at=t, key=key, throttled=_flag(thr),
-                                    contended=_flag(busy)))
+            values = raw.get(int(mid)) or [p50]
+            if not (math.isfinite(p50) and usable_samples(values)):
+                continue  # an impossible stored value (bad_values lists it) must not stop the detector
+            runs_.append(detect.Run(samples=values if bool(emu) == kind else [], run_id=run_id, started_at=t,
+                                    key=key, throttled=_flag(thr), contended=_flag(busy)))
+        if not runs_:
+            continue
         verdict = detect.latest_regression(runs_, min_effect=min_effect, alpha=alpha, min_history=min_history)
         if not verdict.is_regression:
             continue

@@ -9,6 +9,7 @@ of a change (harness revision, library versions, fingerprint fields), which is t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
@@ -18,9 +19,12 @@ from sqlalchemy import select
 
 from devices.probe import STABLE_FIELDS, emulation_key
 
+from workloads.spec import case_label
+
 from . import detect
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
 from .store import Store, unpack_samples
+from .validate import BadValue, sample_problem, value_problem
 
 # metric -> (column, lower is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -102,8 +106,12 @@ class Finding:
 
 
 def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: str = "latency_ms",
-                until_run: Mapping[str, str] | None = None) -> list[Series]:
-    """Every (device, case) series of `metric` from ok measurements, runs in time order."""
+                until_run: Mapping[str, str] | None = None, skipped: list[BadValue] | None = None) -> list[Series]:
+    """Every (device, case) series of `metric` from ok measurements, runs in time order.
+
+    A stored value that cannot be a measurement (NaN, infinite, a latency of zero or less, a cosine
+    outside [-1, 1]: rows written before import validated them) is left out of its series and appended
+    to `skipped`, so one bad row cannot stop the detection of every other series."""
     column, _ = METRICS[metric]
     with store.Session() as s:
         # Fingerprints are parsed once per (run, device), not once per measurement row.
@@ -118,18 +126,31 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
                  .outerjoin(RunDevice, (RunDevice.run_id == Measurement.run_id)
                             & (RunDevice.device_id == Measurement.device_id))
                  .outerjoin(SampleSet, SampleSet.measurement_id == Measurement.id)
-                 .where(Measurement.status == "ok", getattr(Measurement, column).is_not(None))
+                 .where(Measurement.status == "ok")
                  .order_by(Device.name, Case.hash, Run.started_at, Run.id))
+        if metric != "latency_ms":  # empty means not measured; an ok row without a latency is a bad row
+            query = query.where(getattr(Measurement, column).is_not(None))
         if devices:
             query = query.where(Device.name.in_(list(devices)))
         out: dict[tuple[str, str, bool], Series] = {}
         for (device, chash, params, run_id, started, rev, version, env_key, throttled, contended, value,
              blob) in s.execute(query):
+            raw = unpack_samples(blob) if (metric == "latency_ms" and blob) else None
+            bad_column, problem = column, value_problem(column, value)
+            if value is None:
+                problem = "is empty in an ok row (stored as NaN?)"
+            elif not problem and raw and not (math.isfinite(sum(raw)) and min(raw) > 0):  # cheap first
+                bad_column, problem = "samples_ms", sample_problem(raw)
+            if problem:
+                if skipped is not None:
+                    label = case_label(params) if isinstance(params, dict) and "variant" in params else chash
+                    skipped.append(BadValue(run_id, device, label, bad_column, problem))
+                continue
+            samples = raw if raw else [float(value)]
             fp = fingerprints.get((run_id, device))
             emulated = emulation_key(fp) is not None
             series = out.setdefault((device, chash, emulated), Series(device, chash, dict(params), metric,
                                                                       emulated=emulated))
-            samples = unpack_samples(blob) if (metric == "latency_ms" and blob) else [float(value)]
             series.points.append(SeriesPoint(run_id, started, samples, env_key, bool(throttled), fp, rev, version,
                                              bool(contended)))
     return list(out.values())
@@ -191,12 +212,12 @@ def short_history_change(before: Sequence[float], after: Sequence[float], *, low
 
 
 def history(store: Store, *, devices: Sequence[str] | None = None, metrics: Iterable[str] = ("latency_ms",),
-            min_effect: float = 0.05, alpha: float = 0.001) -> list[Finding]:
-    """Every change point in the stored history of every series."""
+            min_effect: float = 0.05, alpha: float = 0.001, skipped: list[BadValue] | None = None) -> list[Finding]:
+    """Every change point in the stored history of every series (bad stored values go to `skipped`)."""
     findings: list[Finding] = []
     for metric in metrics:
         _, lower = METRICS[metric]
-        for series in load_series(store, devices=devices, metric=metric):
+        for series in load_series(store, devices=devices, metric=metric, skipped=skipped):
             series = series.without_contended()  # a night measured under contention is no level of the series
             if not series.points:
                 continue
@@ -207,12 +228,13 @@ def history(store: Store, *, devices: Sequence[str] | None = None, metrics: Iter
 
 
 def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Iterable[str] = ("latency_ms",),
-           min_effect: float = 0.05, alpha: float = 0.001) -> list[Finding]:
-    """Is the newest run of each device a regression (or improvement) against its stable history?"""
+           min_effect: float = 0.05, alpha: float = 0.001, skipped: list[BadValue] | None = None) -> list[Finding]:
+    """Is the newest run of each device a regression (or improvement) against its stable history? (Bad
+    stored values go to `skipped`.)"""
     findings: list[Finding] = []
     for metric in metrics:
         _, lower = METRICS[metric]
-        all_series = load_series(store, devices=devices, metric=metric)
+        all_series = load_series(store, devices=devices, metric=metric, skipped=skipped)
         newest = _newest_run_per_device(all_series)
         for series in all_series:
             if not series.points or series.points[-1].run_id != newest.get(series.device):

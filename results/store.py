@@ -29,6 +29,7 @@ import math
 import os
 import random
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -45,7 +46,8 @@ from sqlalchemy import (JSON, Boolean, DateTime, Engine, Table, create_engine, e
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from workloads.errors import StoreError
+from harness.safe_text import mask_url, redact, terminal
+from workloads.errors import DatabaseError, StoreError
 from workloads.spec import CASE_COLUMNS, case_hash
 from workloads.stats import summarize
 
@@ -203,15 +205,20 @@ class Store:
     """The results database behind a URL (`sqlite:///harness.db`, `postgresql+psycopg://...`)."""
 
     def __init__(self, url: str = DEFAULT_DB, *, upgrade: bool = True,
-                 announce: Callable[[str], Any] | None = None) -> None:
+                 announce: Callable[[str], Any] | None = None, read_only: bool = False) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        # What messages and logs show: the URL without its password.
+        self.safe_url = mask_url(url)
+        self.read_only = read_only
+        self.engine = make_read_only_engine(url) if read_only else make_engine(url)
         self.backend = self.engine.dialect.name
         # Writes go through an engine whose transactions SQLite begins IMMEDIATE (see make_engine).
         self.write_engine = self.engine.execution_options(harness_write=True)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
         self.WriteSession = sessionmaker(self.write_engine, expire_on_commit=False)
-        if upgrade:
+        if read_only:
+            self.check_schema()
+        elif upgrade:
             self.upgrade(announce=announce)
 
     # -- schema ---------------------------------------------------------------------------------------
@@ -220,6 +227,21 @@ class Store:
 
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
+
+    def check_schema(self) -> None:
+        """Refuse (StoreError) a database that is not a harness database at this harness's revision; for
+        read-only use, where nothing may be migrated."""
+        try:
+            with self.engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
+                before = _revision(conn) if "alembic_version" in tables else None
+        except DBAPIError as exc:
+            raise database_error(exc, self.url, "cannot open results database") from None
+        _refuse_foreign(tables, before, self.safe_url)
+        if before != SCHEMA_REVISION:
+            raise StoreError(f"the results database {self.safe_url} is at schema revision {before or 'none'}; this "
+                             f"harness reads {SCHEMA_REVISION}. Run `harness db upgrade --db URL` first (it keeps "
+                             "every row)")
 
     def upgrade(self, *, announce: Callable[[str], Any] | None = None) -> tuple[str | None, str]:
         """Bring the schema to the head revision in place; returns (before, after).
@@ -238,18 +260,19 @@ class Store:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+        with self.engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+        _refuse_foreign(tables, before, self.safe_url)
         if before is not None and before not in known:
-            raise StoreError(f"{self.url} is at schema revision {before}, newer than this harness knows "
+            raise StoreError(f"{self.safe_url} is at schema revision {before}, newer than this harness knows "
                              f"(its newest is {SCHEMA_REVISION}); upgrade attn-harness on this machine")
         with self._migration_connection() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
             if before == SCHEMA_REVISION:
                 return before, before  # another process migrated it while we waited for the lock
-            if before is None and inspect(conn).has_table("runs"):
-                raise StoreError(f"{self.url} has harness tables but no schema revision; it was not created "
-                                 "by attn-harness migrations. Point --db at another database.")
+            _refuse_foreign(set(inspect(conn).get_table_names()), before, self.safe_url)
             if before is not None and announce:
-                announce(f"upgrading the results database {self.url} from schema revision {before} to "
+                announce(f"upgrading the results database {self.safe_url} from schema revision {before} to "
                          f"{SCHEMA_REVISION} (in place; every stored row is kept)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -284,7 +307,7 @@ class Store:
                 if raw is not None:
                     broken = raw.execute("PRAGMA foreign_key_check").fetchall()
                     if broken:
-                        raise StoreError(f"{self.url}: the schema migration left rows whose references are "
+                        raise StoreError(f"{self.safe_url}: the schema migration left rows whose references are "
                                          f"broken (first: {broken[0]}); restore the database from a backup")
             finally:
                 if raw is not None:
@@ -302,6 +325,9 @@ class Store:
                     return body(s)
             except Exception as exc:
                 if attempt == attempts or not _transient(exc):
+                    # The bulk paths call the driver directly: its own errors are database errors too.
+                    if isinstance(exc, (DBAPIError, sqlite3.Error)) or type(exc).__module__.startswith("psycopg"):
+                        raise database_error(exc, self.url) from exc
                     raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
@@ -445,7 +471,7 @@ class Store:
             # FOR UPDATE on PostgreSQL (SQLite's write lock already covers it): two resumes at once, one wins.
             run = s.get(Run, run_id, with_for_update=True)
             if run is None:
-                raise StoreError(f"no run '{run_id}' in {self.url}; `harness results list` shows the runs")
+                raise StoreError(f"no run '{run_id}' in {self.safe_url}; `harness results list` shows the runs")
             now = self.db_now(s)
             _refuse_live_controller(run, now)
             run.status = "running"
@@ -614,12 +640,13 @@ class Store:
         with self.Session() as s:
             run = s.get(Run, run_id)
             if run is None:
-                # Accept an unambiguous prefix, as git does.
-                matches = s.scalars(select(Run).where(Run.id.like(f"{run_id}%"))).all()
-                if len(matches) == 1:
+                # Accept an unambiguous prefix, as git does: matched literally (no LIKE wildcards).
+                matches = s.scalars(select(Run).where(Run.id.startswith(run_id, autoescape=True)).limit(3)).all()
+                if len(matches) == 1 and run_id:
                     return matches[0]
-                hint = "is ambiguous" if matches else "does not exist"
-                raise StoreError(f"run '{run_id}' {hint} in {self.url}; `harness results list` shows the runs")
+                hint = "is ambiguous" if run_id and matches else "does not exist"
+                raise StoreError(f"run '{terminal(run_id)}' {hint} in {self.safe_url}; `harness results list` shows "
+                                 "the runs")
             return run
 
     def stored_hashes(self, run_id: str, device: str) -> set[str]:
@@ -794,16 +821,165 @@ def pg_json_dumps(o: Any) -> str:
         return json.dumps(_finite_json(o))
 
 
+# Tables a harness database holds (any one of them is enough to recognise an older harness schema).
+HARNESS_TABLES = {"runs", "devices", "cases", "run_devices", "measurements", "samples"}
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL (user directory expanded), or None for an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:
+        database = url.split("///", 1)[1] if "///" in url else ""
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    return os.path.expanduser(database)
+
+
+def _revision(conn: Any) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _refuse_foreign(tables: set[str], revision: str | None, safe_url: str) -> None:
+    """StoreError when a database holds tables but is not (recognisably) a harness database: another
+    application's tables, or a schema revision without the harness's tables."""
+    tables = {t for t in tables if not t.startswith("sqlite_")}
+    if not tables:
+        return
+    ours = tables & HARNESS_TABLES
+    if revision is None and "alembic_version" not in tables:
+        if ours:
+            raise StoreError(f"{safe_url} has harness tables but no schema revision; it was not created by "
+                             "attn-harness migrations. Point --db at another database.")
+        raise StoreError(f"{safe_url} is not an attn-harness results database (it holds other tables: "
+                         f"{', '.join(sorted(tables)[:5])}); nothing was changed. Point --db at a harness database "
+                         "or a new file")
+    if not ours:
+        raise StoreError(f"{safe_url} is not an attn-harness results database (another application's schema "
+                         f"revision {revision or 'none'}, tables {', '.join(sorted(tables)[:5])}); nothing was "
+                         "changed. Point --db at a harness database or a new file")
+
+
+def _check_sqlite_file(path: str, url: str) -> bool:
+    """Before anything writes to an existing SQLite file (switching it to WAL is a write): refuse one that is
+    not SQLite, or holds another application's tables. False when the file does not exist or is empty."""
+    safe = mask_url(url)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot open {safe}: {exc.strerror}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise StoreError(f"cannot open {safe}: {path} is not a regular file")
+    if st.st_size == 0:
+        return False
+    # The file is only ever opened through SQLite: closing any other descriptor of it would drop the POSIX
+    # locks every SQLite connection of this process holds on it (and leave them reading stale snapshots).
+    not_sqlite = (f"{safe} is not a SQLite database (nor an attn-harness one); nothing was changed. Point --db at "
+                  "a harness database or a new file")
+    try:
+        conn = _sqlite_ro_connect(path)
+    except sqlite3.Error as exc:
+        raise StoreError(not_sqlite if "not a database" in str(exc) else f"cannot open {safe}: {exc}") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(not_sqlite) from None
+        raise StoreError(f"{safe} cannot be read as a SQLite database ({exc}); nothing was changed") from None
+    finally:
+        conn.close()
+    _refuse_foreign(tables, revision, safe)
+    return True
+
+
+def _sqlite_ro_connect(path: str) -> sqlite3.Connection:
+    """A connection that never creates the file and is used only to read (callers add `query_only`).
+
+    Where the file and its folder are writable it is opened `mode=rw`, as the harness's own connections
+    are: a `mode=ro` connection to a WAL database makes SQLite share a read-only view of the WAL index with
+    every other connection to that file in the process, which then stop seeing new commits. Where they are
+    not writable (a read-only mount), `mode=ro`; and where WAL's -shm file cannot be created there, the
+    file is opened immutable (nothing can be writing it)."""
+    from urllib.parse import quote
+
+    uri = "file:" + quote(os.path.abspath(path))
+    if os.access(path, os.W_OK) and not _read_only_folder(path):
+        return sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
+            raise
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+
+def make_read_only_engine(url: str) -> Engine:
+    """An engine that cannot write and never creates a database: SQLite opened `mode=ro` (a read-only
+    mount works) with `PRAGMA query_only`; PostgreSQL in read-only transactions. A missing SQLite file is
+    a StoreError that says how to create one."""
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is None:
+            raise StoreError(f"{url}: an in-memory database holds no results; give a database file")
+        if not _check_sqlite_file(path, url):
+            raise StoreError(f"no results database at {os.path.abspath(path)}; create one with `harness db upgrade "
+                             f"--db {mask_url(url)}` (or store a sweep in a new one: `harness run ... --db "
+                             f"{mask_url(url)}`), or point --db at an existing one")
+
+        def connect() -> sqlite3.Connection:
+            conn = _sqlite_ro_connect(path)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            return conn
+
+        return create_engine("sqlite://", creator=connect)
+    engine = make_engine(url)
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()
+    return engine
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the URL: SQLite in WAL mode with a busy timeout and our own BEGIN (IMMEDIATE for
-    writes), its directory checked first; PostgreSQL with pre-ping and NaN-safe JSON."""
+    writes), the file checked first (an existing file must be a harness database: switching another
+    application's file to WAL would already change it); PostgreSQL with pre-ping and NaN-safe JSON."""
+    safe = mask_url(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            parent = Path(path).expanduser().resolve().parent
+        path = sqlite_path(url)
+        if path is not None:
+            parent = Path(path).resolve().parent
             if not parent.is_dir():
-                raise StoreError(f"cannot open {url}: directory {parent} does not exist")
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+                raise StoreError(f"cannot open {safe}: directory {parent} does not exist")
+            _check_sqlite_file(path, url)
+        try:
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        except Exception as exc:
+            raise StoreError(f"cannot open results database {safe}: {redact(str(exc), url)}") from None
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -825,22 +1001,80 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if not any(url.startswith(b) for b in SUPPORTED_BACKENDS):
-        raise StoreError(f"cannot open results database {url!r}: the harness stores results in SQLite "
+        raise StoreError(f"cannot open results database {terminal(safe)!r}: the harness stores results in SQLite "
                          "(sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST:PORT/DB)")
     try:
         return create_engine(url, pool_pre_ping=True, json_serializer=pg_json_dumps)
     except Exception as exc:  # bad URL or missing driver: say which
-        raise StoreError(f"cannot open results database {url!r}: {exc}") from None
+        raise StoreError(f"cannot open results database {terminal(safe)!r}: {redact(str(exc), url)}") from None
+
+
+# What a database error means for the user, by words in the driver's message (SQLite) or SQLSTATE
+# (PostgreSQL): the first match wins.
+_DB_ERRORS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
+    (("database or disk is full", "no space left"), ("53100",),
+     "the disk holding the results database is full; free space there (a run keeps what it stored: "
+     "`harness run --resume RUN` finishes it)"),
+    (("readonly database", "read-only", "read only"), ("25006",),
+     "the results database is read-only here; point --db at a writable one (read commands such as "
+     "`harness results list` work on a read-only database)"),
+    (("disk i/o error",), ("58030",), "the results database's disk reported an I/O error; check the disk"),
+    (("file is not a database", "malformed", "not a database"), ("XX001", "XX002"),
+     "the results database file is damaged or not a database; restore it from a backup"),
+    (("unable to open database",), (), "the results database file cannot be opened; check its path and "
+                                         "permissions"),
+    (("connection refused", "could not connect", "connection failed", "could not translate host",
+      "timeout expired", "name or service not known", "server closed the connection"), ("08001", "08006"),
+     "cannot connect to the results database; check that the server is up and the URL is right"),
+    (("password authentication failed", "authentication failed"), ("28P01", "28000"),
+     "the results database refused the login; check the user and password"),
+)
+
+
+def database_error(exc: BaseException, url: str, doing: str = "") -> DatabaseError:
+    """A DatabaseError (a HarnessError: a message, exit 2) saying what a driver error means and what to do;
+    the URL's password is never part of it."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    raw = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    text = str(orig).lower()
+    code = getattr(orig, "sqlstate", None)
+    meaning = "the results database reported an error"
+    for words, codes, what in _DB_ERRORS:
+        if (code and code in codes) or any(w in text for w in words):
+            meaning = what
+            break
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    if path and os.path.exists(path) and _read_only_folder(path) and "locked" not in text:
+        meaning = ("the results database is read-only here (its folder cannot be written); point --db at a "
+                   "writable one (read commands such as `harness results list` work on a read-only database)")
+    return DatabaseError(f"{doing + ' ' if doing else ''}{mask_url(url)}: {meaning} ({terminal(redact(raw, url))[:300]})")
+
+
+def _read_only_folder(path: str) -> bool:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:
+        return False
 
 
 def announce_on_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def open_store(url: str | None = None) -> Store:
-    """The store for --db / HARNESS_DB / the default, with a clear error when it cannot be opened; an older
-    schema is upgraded in place, saying so on stderr."""
+def open_store(url: str | None = None, *, read_only: bool = False) -> Store:
+    """The store for --db / HARNESS_DB / the default, with a clear error when it cannot be opened.
+
+    Writers (`read_only=False`) create a missing database and upgrade an older schema in place, saying so
+    on stderr. Readers (`read_only=True`: results list/show/export, compare, regress, the dashboard) never
+    create or change anything: a missing SQLite file, another application's database or an old schema is
+    a StoreError saying what to do, and SQLite is opened read-only (a read-only mount works)."""
     url = url or os.environ.get("HARNESS_DB") or DEFAULT_DB
+    if read_only:
+        try:
+            return Store(url, read_only=True)
+        except DBAPIError as exc:
+            raise database_error(exc, url, "cannot open results database") from None
     # Two controllers creating a new SQLite file at once: switching it to WAL can report "locked" without
     # waiting on the busy handler, so opening is retried for as long as a write would wait.
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
@@ -850,9 +1084,11 @@ def open_store(url: str | None = None) -> Store:
             return Store(url, announce=announce_on_stderr)
         except OperationalError as exc:
             if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                raise StoreError(f"cannot open results database {url}: {exc.orig}") from None
+                raise database_error(exc, url, "cannot open results database") from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+        except DBAPIError as exc:
+            raise database_error(exc, url, "cannot open results database") from None
 
 
 def json_default(o: Any) -> Any:

@@ -146,13 +146,23 @@ def test_harness_db_upgrade_migrates_an_old_database_in_place_keeping_every_row(
     assert "upgrading" not in again.stdout and f"schema at revision {SCHEMA_REVISION}" in again.stdout
 
 
-def test_opening_an_old_database_upgrades_it_with_a_message_on_stderr(any_db_url):
+def test_a_read_command_on_an_old_database_asks_for_an_upgrade_and_changes_nothing(any_db_url):
     before = old_database(any_db_url)
     proc = harness("results", "list", "--db", any_db_url)
+    assert proc.returncode == 2 and "harness db upgrade --db URL" in proc.stderr and "Traceback" not in proc.stderr
+    store = Store(any_db_url, upgrade=False)
+    assert store.current_revision() == "0001"
+    assert snapshot(store.engine) == before
+
+
+def test_a_writing_command_upgrades_an_old_database_with_a_message_on_stderr(any_db_url):
+    before = old_database(any_db_url)
+    proc = harness("results", "prune", "--older-than", "36500d", "--db", any_db_url)
     assert proc.returncode == 0, proc.stderr
     assert f"upgrading the results database {any_db_url} from schema revision 0001 to {SCHEMA_REVISION}" \
         in proc.stderr.replace("\n", "")
-    assert "run0000000a" in proc.stdout and "run0000000b" in proc.stdout
+    listed = harness("results", "list", "--db", any_db_url, check=True)
+    assert "run0000000a" in listed.stdout and "run0000000b" in listed.stdout
     store = Store(any_db_url, upgrade=False)
     assert store.current_revision() == SCHEMA_REVISION
     assert snapshot(store.engine) == before

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -133,7 +134,7 @@ def synthetic_rows(runs: int, devices: int, cases: int, samples: int = 20) -> li
                 rows.append({"run_id": f"lab{r:03d}", "started_at": f"2026-01-{r + 1:02d}T02:00:00+00:00",
                              "run_status": "complete", "matrix": "nightly", "tag": None, "harness_version": "0.1.0",
                              "device": f"board{d}", "status": "ok", "variant": "dense", "precision": "fp32",
-                             "seq_len": 16 * (c + 1), "latency_ms_p50": values[samples // 2], "n_samples": samples,
+                             "seq_len": 16 * (c + 1), "latency_ms_p50": float(np.median(values)), "n_samples": samples,
                              "samples_ms": values, "details": {"calls": samples}, "fingerprint": {"arch": "x"},
                              "measured_at": "2026-01-01T02:00:01.250000+00:00"})
     return rows

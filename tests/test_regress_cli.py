@@ -27,7 +27,7 @@ def _history_rows(n_runs: int, step_at: int, step: float, seed: int = 3) -> list
                      "case_hash": case_hash(case), **case, "samples_ms": samples,
                      "latency_ms_p50": float(np.median(samples)), "n_samples": len(samples),
                      "fingerprint": {"arch": "aarch64", "cpu_model": "Cortex-A72", "torch": "2.13.0"},
-                     "git_revision": "abc" if i < step_at else "def"})
+                     "git_revision": "abc1234" if i < step_at else "def5678"})
     return rows
 
 
@@ -44,7 +44,7 @@ def test_imported_history_yields_change_points_in_the_spec_format(home, db_url, 
     assert cp["device"] == "rpi4" and cp["case"]["precision"] == "int8" and cp["metric"] == "latency_ms"
     assert cp["run_id"] == "night09" and cp["direction"] == "regression"
     assert 9 < cp["change_pct"] < 15 and cp["before"] < cp["after"]
-    assert cp["differs"]["git_revision"] == ["abc", "def"]
+    assert cp["differs"]["git_revision"] == ["abc1234", "def5678"]
 
 
 def test_a_clean_history_has_no_change_points_and_regress_exits_0(home, db_url, tmp_path):

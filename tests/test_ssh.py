@@ -223,18 +223,21 @@ def test_shell_metacharacters_in_names_paths_and_values_run_nothing_extra(ssh_en
     wrapper = evil_dir / "python"  # a venv's python must be started by its own path: wrap it
     wrapper.write_text(f'#!/bin/sh\nexec "{ssh_env.lab.python()}" "$@"\n')
     wrapper.chmod(0o755)
-    inventory = ssh_env.inventory({evil_name: ssh_env.device(
+    # A device name with shell syntax never gets that far: names are letters, digits, '.', '_' and '-'.
+    from workloads.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device name .* is not allowed"):
+        ssh_env.inventory({evil_name: ssh_env.device("pi")})
+    inventory = ssh_env.inventory({"pi": ssh_env.device(
         "pi", python=str(evil_dir / "python"), workdir=str(ssh_env.tmp / f"w $(touch {marker}-d) x"))})
     sweep = parse_matrix(TINY_MATRIX.replace("[32, 64, 128]", "[32]").replace("name: tiny",
                                                                               f"name: 'x; touch {pwned[1]}'"))
     store = ssh_env.store()
-    outcome = run_sweep(inventory, store, devices=[evil_name], sweep=sweep)
-    assert outcome.status == "complete", outcome.devices[evil_name].error
+    outcome = run_sweep(inventory, store, devices=["pi"], sweep=sweep)
+    assert outcome.status == "complete", outcome.devices["pi"].error
     assert [r["status"] for r in export_rows(store, [outcome.run_id])] == ["ok"]
     assert (ssh_env.tmp / f"w $(touch {marker}-d) x" / "bundles").is_dir()  # the literal path was used
     # A case value with shell syntax never gets that far: it is not a valid value.
-    from workloads.errors import ConfigError
-
     with pytest.raises(ConfigError, match="variant"):
         parse_matrix(TINY_MATRIX.replace("backend: torch}", f"backend: torch, variant: 'dense; touch {pwned[2]}'}}"))
     assert not any(p.exists() for p in pwned)

@@ -37,5 +37,9 @@ class StoreError(HarnessError):
     """The results database refused or does not hold what was asked for."""
 
 
+class DatabaseError(StoreError):
+    """The results database failed (disk full, read-only, unreachable, damaged): says what it means."""
+
+
 class DeviceError(HarnessError):
     """A device could not be reached, trusted or used."""

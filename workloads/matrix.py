@@ -1,21 +1,30 @@
 """Sweep matrices: YAML with GitHub Actions matrix semantics, expanded into canonical cases.
 
 `expand()` is the pure core (plain dicts in, plain dicts out); `load_matrix()` is the shell that reads a
-file, keeps line numbers for error messages and validates every key. PyYAML is imported lazily so the
+file (through `workloads.yamlload`: size cap, UTF-8, alias and depth limits, duplicate keys, finite
+numbers), keeps line numbers for error messages and validates every key, counts the expansion before
+making it (`max_cases`) and refuses one that comes out empty. PyYAML is imported lazily so the
 device-side bundle, which only needs `MeasureConfig`, does not depend on it.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
 from .spec import CaseKeyError, canonical_case, case_hash, check_key, suggest
+from .yamlload import YAML_MAX_BYTES, load_yaml, read_text
 
 TOP_KEYS = ("name", "defaults", "matrix", "exclude", "include", "measure")
+# A matrix expanding to more cases than this is refused unless `harness run --max-cases N` raises it.
+DEFAULT_MAX_CASES = 5000
+# Entries of `exclude` and of `include` (each): expansion matches every entry against every case.
+MAX_RULES = 1000
+MAX_NAME_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,20 @@ class MeasureConfig:
 
 
 MEASURE_KEYS = tuple(f.name for f in fields(MeasureConfig))
+_WEEK_S = 7 * 24 * 3600.0
+# Allowed range of each measure key (the loader and the published JSON Schema share these).
+MEASURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "warmup_s": (0.0, 3600.0), "min_time_s": (0.0, _WEEK_S), "min_samples": (1, 10_000_000),
+    "max_time_s": (0.0, _WEEK_S), "timeout_s": (0.0, _WEEK_S), "min_sample_s": (1e-6, 60.0),
+    "cooldown_c": (1.0, 150.0), "cooldown_max_s": (0.0, 86400.0), "idle_s": (0.0, 3600.0),
+    # Contention settings (where MeasureConfig has them): a fraction of the CPUs, and seconds.
+    "max_cpu_other": (0.0, 1.0), "contention_wait_s": (0.0, _WEEK_S),
+}
+ON_CONTENTION = ("flag", "wait", "retry")
+# Text measure keys and their allowed values (for the JSON Schema; the loader checks them itself).
+MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"on_contention": ON_CONTENTION}
+# Any other numeric measure key: positive and finite.
+_ANY_POSITIVE = (0.0, 1e12)
 
 
 @dataclass(frozen=True)
@@ -95,55 +118,13 @@ def expand(matrix: Mapping[str, list[Any]], exclude: list[Mapping[str, Any]] | N
     return combos + extra
 
 
-class _Located:
-    """Line numbers (1-based) of every mapping key and sequence item in a YAML document."""
+def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = DEFAULT_MAX_CASES) -> Sweep:
+    """Validate and expand a matrix document; raise ConfigError naming file, line and key.
 
-    def __init__(self) -> None:
-        self.lines: dict[tuple[Any, ...], int] = {}
-
-    def line(self, *path: Any) -> int | None:
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                return self.lines[path[:n]]
-        return None
-
-
-def _walk(node: Any, path: tuple[Any, ...], located: _Located) -> None:
-    import yaml
-
-    located.lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            located.lines[path + (key,)] = key_node.start_mark.line + 1
-            _walk(value_node, path + (key,), located)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            located.lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), located)
-
-
-def _parse_yaml(text: str, file: str) -> tuple[Any, _Located]:
-    import yaml
-
-    located = _Located()
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"not valid YAML: {problem}; fix the syntax at this line", file=file,
-                          line=line) from None
-    if node is not None:
-        _walk(node, (), located)
-    return data, located
-
-
-def parse_matrix(text: str, file: str = "<matrix>") -> Sweep:
-    """Validate and expand a matrix document; raise ConfigError naming file, line and key."""
-    data, located = _parse_yaml(text, file)
+    `max_cases` bounds the expansion: the product of the matrix lists is counted before anything is
+    expanded, so a matrix of a million cases is refused at once (None: no bound, for a run's own stored
+    matrix on --resume)."""
+    data, located = load_yaml(text, file)
     if data is None:
         raise ConfigError("the file is empty; see sweeps/quick.yaml for the format", file=file)
     if not isinstance(data, dict):
@@ -159,6 +140,8 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Sweep:
     name = data.get("name") or Path(file).stem
     if not isinstance(name, str):
         raise err("expected a string", "name", key="name")
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise err(f"a matrix name is printable text of at most {MAX_NAME_CHARS} characters", "name", key="name")
 
     def mapping(value: Any, *path: Any) -> dict[str, Any]:
         if value is None:
@@ -172,6 +155,9 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Sweep:
             return []
         if not isinstance(value, list):
             raise err("expected a list of mappings", what, key=what)
+        if len(value) > MAX_RULES:
+            raise err(f"{len(value)} entries; at most {MAX_RULES} are allowed: split the matrix into several files",
+                      what, key=what)
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 raise err("each entry must be a mapping such as {precision: int8}", what, i, key=f"{what}[{i}]")
@@ -195,13 +181,29 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Sweep:
         for i, rule in enumerate(rules):
             for key, value in rule.items():
                 _check_value(key, value, err, (what, i, key))
+    for i, rule in enumerate(exclude):
+        for key in rule:
+            if key not in matrix:  # it could never match: a combination holds only matrix keys
+                raise err(f"exclude key '{key}' is not a key of matrix:, so this entry drops nothing; exclude "
+                          f"matches combinations of {', '.join(map(str, matrix)) or 'matrix values'}",
+                          "exclude", i, key, key=f"exclude[{i}].{key}")
     measure = _measure(measure_raw, err)
 
+    # Count before expanding: the product alone says whether the expansion would be too large.
+    product = math.prod(len(v) for v in matrix.values()) if matrix else 0
+    if max_cases is not None and product + len(include) > max_cases:
+        sizes = " x ".join(f"{k} {len(v)}" for k, v in matrix.items())
+        raise err(f"the matrix expands to {product + len(include):,} cases ({sizes}"
+                  f"{f', plus {len(include)} include' if include else ''}), more than --max-cases {max_cases:,}; "
+                  "split it into several matrices or raise --max-cases", "matrix", key="matrix")
     combos = expand(matrix, exclude, include)
-    if not combos and not defaults:
-        raise err("the matrix expands to no cases; add values under matrix: or include:", "matrix")
     if not combos:
-        combos = [{}]
+        if matrix or include:
+            raise err("the matrix expands to no cases: exclude removes every combination; remove or narrow an "
+                      "exclude entry", "exclude" if exclude else "matrix", key="exclude" if exclude else "matrix")
+        if not defaults:
+            raise err("the matrix expands to no cases; add values under matrix: or include:", "matrix")
+        combos = [{}]  # only defaults: the one case they describe
     cases: list[dict[str, Any]] = []
     seen: set[str] = set()
     for combo in combos:
@@ -242,15 +244,12 @@ def _brief(case: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in case.items()) + "}"
 
 
-ON_CONTENTION = ("flag", "wait", "retry")
-
-
 def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
     values: dict[str, Any] = {}
     types = {f.name: f.type for f in fields(MeasureConfig)}
     for key, value in raw.items():
         if key not in MEASURE_KEYS:
-            raise err(f"unknown measure key{suggest(key, MEASURE_KEYS)}; allowed: {', '.join(MEASURE_KEYS)}",
+            raise err(f"unknown measure key{suggest(str(key), MEASURE_KEYS)}; allowed: {', '.join(MEASURE_KEYS)}",
                       "measure", key, key=f"measure.{key}")
         if key == "cooldown_c" and value is None:
             values[key] = None
@@ -273,9 +272,13 @@ def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
         if key == "max_cpu_other":
             values[key] = float(value)
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                or (value == 0 and key not in ("warmup_s",)):
+        low, high = MEASURE_BOUNDS.get(key, _ANY_POSITIVE)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (value == 0 and key not in ("warmup_s",)):
             raise err(f"expected a positive number, got {value!r}", "measure", key, key=f"measure.{key}")
+        if not low <= value <= high:
+            raise err(f"{value!r} is out of range; allowed: {low:g} to {high:g}", "measure", key,
+                      key=f"measure.{key}")
         if types[key] in ("int", int):
             if int(value) != value:
                 raise err(f"expected a whole number, got {value!r}", "measure", key, key=f"measure.{key}")
@@ -291,14 +294,66 @@ def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
     return measure
 
 
-def load_matrix(path: str | Path) -> Sweep:
-    """Read and expand a matrix file; ConfigError if it is missing or wrong."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError("no such file; pass --matrix with a path such as sweeps/quick.yaml",
-                          file=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
-    return parse_matrix(text, str(path))
+def load_matrix(path: str | Path, *, max_cases: int | None = DEFAULT_MAX_CASES) -> Sweep:
+    """Read and expand a matrix file; ConfigError if it is missing, too large, not UTF-8 or wrong."""
+    text = read_text(str(path), max_bytes=YAML_MAX_BYTES, what="matrix",
+                     missing_hint="pass --matrix with a path such as sweeps/quick.yaml")
+    return parse_matrix(text, str(path), max_cases=max_cases)
+
+
+def matrix_schema() -> dict[str, Any]:
+    """The JSON Schema of the matrix format, from the definitions `parse_matrix` checks against (the case
+    keys' checks, MEASURE_BOUNDS, TOP_KEYS); published as schemas/matrix.schema.json for editors, and a test
+    keeps the two in agreement. What a schema cannot say (a window longer than seq_len, a kernel that
+    does not exist) is left to the loader."""
+    from .spec import CASE_KEYS
+
+    case_props: dict[str, Any] = {}
+    for key, spec in CASE_KEYS.items():
+        schema = dict(getattr(spec.check, "schema", {}))
+        if spec.help:
+            schema["description"] = spec.help
+        case_props[key] = schema
+    case = {"type": "object", "additionalProperties": False, "properties": case_props}
+    lists = {"type": "object", "additionalProperties": False,
+             "properties": {k: {"type": "array", "minItems": 1, "items": {k2: v for k2, v in s.items()
+                                                                          if k2 != "description"}}
+                            for k, s in case_props.items()}}
+    types = {f.name: f.type for f in fields(MeasureConfig)}
+    measure_props: dict[str, Any] = {}
+    for key in MEASURE_KEYS:
+        ftype = types[key]
+        if ftype in ("bool", bool):
+            measure_props[key] = {"type": "boolean"}
+            continue
+        if ftype in ("str", str):
+            measure_props[key] = {"enum": list(MEASURE_CHOICES[key])} if key in MEASURE_CHOICES else {"type": "string"}
+            continue
+        low, high = MEASURE_BOUNDS.get(key, _ANY_POSITIVE)
+        integer = ftype in ("int", int)
+        schema = {"type": "integer" if integer else "number", "maximum": high}
+        if key == "warmup_s":
+            schema["minimum"] = low
+        else:
+            schema["exclusiveMinimum" if low == 0 else "minimum"] = low
+        if key == "cooldown_c":
+            schema = {"oneOf": [schema, {"type": "null"}]}
+        measure_props[key] = schema
+    rules = {"type": "array", "maxItems": MAX_RULES, "items": case}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/attn-harness/attn-harness/schemas/matrix.schema.json",
+        "title": "attn-harness sweep matrix",
+        "description": "GitHub Actions matrix semantics: the cartesian product of `matrix`, then `exclude`, "
+                       "then `include`; `defaults` fill keys a case does not set.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "maxLength": MAX_NAME_CHARS},
+            "defaults": case,
+            "matrix": lists,
+            "exclude": rules,
+            "include": rules,
+            "measure": {"type": "object", "additionalProperties": False, "properties": measure_props},
+        },
+    }

@@ -30,26 +30,41 @@ class CaseKeyError(ValueError):
         super().__init__(message)
 
 
+# Case integers are stored in INTEGER columns: PostgreSQL's is 32 bits.
+MAX_CASE_INT = 2 ** 31 - 1
+MAX_CASE_FLOAT = 1e9
+
+
 def _positive_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise CaseKeyError(key, f"expected a positive integer, got {value!r}")
     if value <= 0:
         raise CaseKeyError(key, f"must be a positive integer, got {value}")
+    if value > MAX_CASE_INT:
+        raise CaseKeyError(key, f"{value} is too large (at most {MAX_CASE_INT})")
     return value
+
+
+_positive_int.schema = {"type": "integer", "minimum": 1, "maximum": MAX_CASE_INT}  # type: ignore[attr-defined]
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             raise CaseKeyError(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
         return value
+    check.schema = {"enum": list(allowed)}  # type: ignore[attr-defined]
     return check
 
 
 def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise CaseKeyError(key, f"expected a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_CASE_FLOAT:
+        raise CaseKeyError(key, f"expected a positive number (at most {MAX_CASE_FLOAT:g}), got {value!r}")
     return float(value)
+
+
+_positive_float.schema = {"type": "number", "exclusiveMinimum": 0,  # type: ignore[attr-defined]
+                          "maximum": MAX_CASE_FLOAT}
 
 
 @dataclass(frozen=True)

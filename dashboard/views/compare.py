@@ -30,6 +30,8 @@ min_effect_pct = urlstate.number("Minimum effect (%)", "min_effect", default=5.0
                                  step=1.0, container=side)
 cmp = data.comparison(url, run_a, run_b, None if device == urlstate.ALL else device, min_effect_pct / 100)
 
+data.warn_bad_values(list(cmp.bad_values), "in these runs")
+
 if cmp.stable_diffs:
     fields = "; ".join(f"{d.device}: {d.field} {d.a} -> {d.b}" for d in cmp.stable_diffs)
     st.error(f"Not comparable: the environments differ ({fields}). `harness compare` refuses these runs "

@@ -11,6 +11,8 @@ if runs.empty:
     st.info("The results database holds no runs yet. Run `harness run --devices local --matrix sweeps/quick.yaml`.")
     st.stop()
 
+data.warn_bad_values(data.bad_values(url), "in this database")
+
 stale_hours = urlstate.number("Stale after (hours without a result)", "stale_h", default=26.0, min_value=1.0,
                               max_value=24.0 * 365, step=1.0, container=st.sidebar)
 status = data.device_status(url, stale_hours)

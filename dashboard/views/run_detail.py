@@ -4,6 +4,8 @@ and the device's fingerprint."""
 import streamlit as st
 
 from dashboard import charts, data, urlstate
+from results import queries
+from results.validate import sample_problem
 
 url = data.page("Run detail", "Everything stored about one run on one device.")
 runs = data.runs(url)
@@ -13,6 +15,7 @@ info = data.run_info(url, run_id)
 rds = data.run_devices(url, run_id)
 device = urlstate.select("Device", list(rds["device"]), "device", container=side)
 rows = data.measurements(url, run_id, device)
+data.warn_bad_values(queries.bad_value_list(rows), f"in this run on {device}")
 
 counts = rows["status"].value_counts()
 c = st.columns(5)
@@ -62,7 +65,11 @@ if case_hash is not None:
     left, right = st.columns([3, 2])
     with left:
         st.markdown("**Raw samples**")
-        if values:
+        problem = sample_problem(values) if values else None
+        if problem:
+            st.warning(f"The stored raw samples of this case are impossible: samples_ms {problem}. They are not "
+                       "charted.")
+        elif values:
             st.vega_lite_chart(spec=charts.histogram_chart(values), width="stretch")
             summary = charts.sample_summary(values)
             st.dataframe(charts.flatten(summary), hide_index=True, key="detail_sample_summary")

@@ -4,6 +4,7 @@ fitted slope; failed and skipped points marked, never dropped; peak memory besid
 import streamlit as st
 
 from dashboard import charts, data, urlstate
+from results import queries
 from results.queries import METRICS
 
 url = data.page("Scaling", "Latency against sequence length, log-log. The fitted slope is the empirical "
@@ -12,6 +13,7 @@ runs = data.runs(url)
 side = st.sidebar
 run_id = urlstate.run_or_stop(runs, container=side)
 rows = data.measurements(url, run_id)
+data.warn_bad_values(queries.bad_value_list(rows), "in this run")
 devices = sorted(rows["device"].unique())
 chosen = urlstate.multiselect("Devices", devices, "devices", container=side) or devices
 metric = urlstate.select("Latency metric", ["latency_ms_p50", "latency_ms_p90", "latency_ms_p99"], "metric",

@@ -4,6 +4,7 @@ energy per inference against latency."""
 import streamlit as st
 
 from dashboard import charts, data, urlstate
+from results import queries
 from results.queries import METRICS
 
 url = data.page("Trade-offs", "Lower left is better on both charts. Dashed step lines are Pareto fronts, one per "
@@ -17,6 +18,7 @@ accuracy = urlstate.select("Accuracy measure", list(charts.ACCURACY_METRICS), "a
 latency = urlstate.select("Latency", ["latency_ms_p50", "latency_ms_p90"], "latency",
                           format_func=lambda m: METRICS[m].title, container=side)
 rows = data.measurements(url, run_id)
+data.warn_bad_values(queries.bad_value_list(rows), "in this run")
 devices = sorted(rows["device"].unique())
 chosen = urlstate.multiselect("Devices", devices, "devices", container=side) or devices
 seq_lens = urlstate.multiselect("Sequence length", sorted(int(s) for s in rows["seq_len"].dropna().unique()),

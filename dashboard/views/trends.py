@@ -24,6 +24,7 @@ metric = urlstate.select("Metric", list(METRICS), "metric", format_func=lambda m
 
 series, changes, note = data.trend(url, device, case_hash, metric)
 info = METRICS[metric]
+data.warn_bad_values(data.series_bad_values(series, device, labels[case_hash], metric), "in this history")
 st.subheader(f"{labels[case_hash]} on {device}")
 ok = series[series["status"] == "ok"]
 c1, c2, c3, c4 = st.columns(4)
