@@ -1,0 +1,275 @@
+"""The fused int8 attention kernel (`kernels/native/int8_attention.cpp`): back-end choice, build, call.
+
+The numeric core is a torch-free C++ file with a small C ABI. It ships in the bundle as source and is
+compiled on the device on first use by the device's own C++ compiler, one back end per ISA target, into a
+plain shared library called through ctypes on the tensors' data pointers. Why not
+`torch.utils.cpp_extension`: a torch-free library compiles in about 4 s instead of about a minute (torch's
+headers), needs neither ninja nor the Python headers on a board, cannot break when the device's torch is
+upgraded (no C++ ABI coupling), and the same file cross-compiles for aarch64 into a standalone test driver
+run under qemu-user. A ctypes call costs a few microseconds and releases the GIL.
+
+Back ends (`BACKENDS`) are chosen from the probe's ISA flags (`choose_backend`): AVX512-VNNI, AVX-VNNI,
+AVX2, NEON with the dot product (Orin's A78AE), NEON without it (Pi 4's A72), scalar. `HARNESS_INT8_BACKEND`
+forces one (tests and benchmarks), or `eager` for the unfused `torch._int_mm` route.
+
+The build cache lives in the device's workdir (`<workdir>/native/<backend>-<key>/`), keyed by a hash of
+the source, the compiler's identity and the back end's flags. A build happens in a private temporary
+directory renamed into place, so two processes compiling at once never see a half-written library: the
+first rename wins and the other's copy is discarded. A failed build leaves a `<backend>-<key>.failed` file
+with the compiler's output, so later cases do not retry it; a new compiler or source gets a new key.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+SOURCE = Path(__file__).resolve().parent / "native" / "int8_attention.cpp"
+LIBRARY = "libattn_int8.so"
+ABI_VERSION = 1
+COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-pthread")
+BUILD_TIMEOUT_S = 300.0
+FORCE_ENV = "HARNESS_INT8_BACKEND"
+CACHE_ENV = "HARNESS_NATIVE_CACHE"
+EAGER = "eager"
+# Rows per scale for the case's `quant` (the same blocks as the eager route: kernels.dense_torch).
+QUANT_ROWS = {"per_token": (1, 1), "per_block": (32, 32)}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One ISA target of the fused kernel."""
+
+    name: str
+    arch: str  # "x86_64", "aarch64" or "any"
+    macro: str
+    flags: tuple[str, ...]
+    needs: tuple[str, ...]  # probe ISA flags, all required
+    dot: str  # the integer instruction doing the products, for `details`
+    automatic: bool = True  # False: only when forced (a test-only build)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("avx512vnni", "x86_64", "ATTN_AVX512VNNI",
+            ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"), ("avx512_vnni",),
+            "vpdpbusd zmm (u8 x s8 -> s32)"),
+    Backend("avxvnni", "x86_64", "ATTN_AVXVNNI", ("-mavx2", "-mfma", "-mavxvnni"), ("avx_vnni", "avx2"),
+            "vpdpbusd ymm, VEX (u8 x s8 -> s32)"),
+    # The AVX-VNNI code path with the EVEX form of the same instruction: lets a CPU with AVX512-VNNI but
+    # no AVX-VNNI (AMD Zen 4) run the 256-bit code in tests.
+    Backend("avxvnni_evex", "x86_64", "ATTN_AVXVNNI_EVEX",
+            ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni"), ("avx512_vnni",),
+            "vpdpbusd ymm, EVEX (u8 x s8 -> s32)", automatic=False),
+    Backend("avx2", "x86_64", "ATTN_AVX2", ("-mavx2", "-mfma"), ("avx2", "fma"),
+            "vpmaddwd + vpaddd (s16 x s16 -> s32)"),
+    Backend("neon_dot", "aarch64", "ATTN_NEON_DOT", ("-march=armv8.2-a+dotprod",), ("asimddp",),
+            "sdot (s8 x s8 -> s32)"),
+    Backend("neon", "aarch64", "ATTN_NEON", ("-march=armv8-a",), (),
+            "smull/smlal + sadalp (s8 x s8 -> s16 -> s32), smlal (s16 x s16 -> s32)"),
+    Backend("scalar", "any", "ATTN_SCALAR", (), (), "C++ integer loops (compiler-vectorized)"),
+)}
+# Back ends without an integer dot-product instruction: they run only where they beat the eager route
+# (see `dense_int8` in kernels.dense_torch), since nothing measured says they do on every CPU.
+PORTABLE = ("neon", "scalar")
+
+
+class BuildError(RuntimeError):
+    """The fused kernel could not be compiled or loaded here; the message says why (for `details`)."""
+
+
+def normalize_arch(arch: str | None) -> str:
+    arch = arch or platform.machine()
+    return {"AMD64": "x86_64", "amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+
+
+def choose_backend(caps: Mapping[str, Any]) -> str:
+    """The best back end for a device's probed capabilities (its `arch` and ISA flags)."""
+    arch = normalize_arch(caps.get("arch"))
+    isa = set(caps.get("isa", ()))
+    for b in BACKENDS.values():
+        if b.automatic and b.arch in (arch, "any") and isa.issuperset(b.needs):
+            return b.name
+    return "scalar"
+
+
+def backend_missing(name: str, caps: Mapping[str, Any]) -> str | None:
+    """Why back end `name` cannot run on a device with `caps`, or None."""
+    b = BACKENDS[name]
+    arch = normalize_arch(caps.get("arch"))
+    if b.arch not in (arch, "any"):
+        return f"the {name} back end is for {b.arch}; this device is {arch}"
+    lacking = [f for f in b.needs if f not in set(caps.get("isa", ()))]
+    if lacking:
+        return f"the {name} back end needs the CPU features {', '.join(lacking)}"
+    return None
+
+
+def forced_backend() -> str | None:
+    """The back end forced through HARNESS_INT8_BACKEND, or None; an unknown name is refused."""
+    value = os.environ.get(FORCE_ENV, "").strip()
+    if not value:
+        return None
+    if value != EAGER and value not in BACKENDS:
+        raise BuildError(f"{FORCE_ENV}={value!r} is not a back end; use one of {', '.join([*BACKENDS, EAGER])}")
+    return value
+
+
+def cache_root(workdir: str | None) -> Path:
+    """Where built libraries live: $HARNESS_NATIVE_CACHE, else `<workdir>/native` (~/.cache/attn-harness)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    base = Path(os.path.expanduser(workdir)) if workdir else Path.home() / ".cache" / "attn-harness"
+    return base / "native"
+
+
+@dataclass(frozen=True)
+class Compiler:
+    path: str
+    version: str  # the first line of `--version`
+
+
+@functools.lru_cache(maxsize=4)
+def find_compiler(cxx: str | None = None) -> Compiler | None:
+    """The device's C++ compiler ($CXX, else c++, g++, clang++ on PATH) and its version, or None."""
+    names = [cxx] if cxx else [os.environ.get("CXX") or "", "c++", "g++", "clang++"]
+    for name in names:
+        path = shutil.which(name) if name else None
+        if not path:
+            continue
+        try:
+            proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0 and proc.stdout.strip():
+            return Compiler(path, proc.stdout.strip().splitlines()[0])
+    return None
+
+
+def build_key(backend: Backend, compiler: Compiler, source: bytes) -> str:
+    """16 hex digits naming one build: source, compiler identity, flags and ABI version."""
+    h = hashlib.sha256()
+    for part in (source, compiler.path.encode(), compiler.version.encode(),
+                 json.dumps([backend.macro, *backend.flags, *COMMON_FLAGS, ABI_VERSION]).encode()):
+        h.update(len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()[:16]
+
+
+def compile_command(backend: Backend, compiler: Compiler, source: Path, output: Path) -> list[str]:
+    return [compiler.path, *COMMON_FLAGS, f"-D{backend.macro}", *backend.flags, str(source), "-o", str(output)]
+
+
+def ensure_built(backend: Backend, root: Path, compiler: Compiler) -> Path:
+    """The library for `backend`, compiled into the cache under `root` unless it is there already."""
+    source = SOURCE.read_bytes()
+    key = build_key(backend, compiler, source)
+    final = root / f"{backend.name}-{key}"
+    lib = final / LIBRARY
+    if lib.is_file():
+        return lib
+    failed = root / f"{backend.name}-{key}.failed"
+    if failed.is_file():
+        raise BuildError(f"the {backend.name} build failed before with this compiler ({failed}): "
+                         f"{failed.read_text(errors='replace')[-600:]}")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{backend.name}-", dir=root))
+    try:
+        cmd = compile_command(backend, compiler, SOURCE, tmp / LIBRARY)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            log, rc = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired:
+            log, rc = f"compiler did not finish within {BUILD_TIMEOUT_S:g} s", -1
+        if rc != 0:
+            marker = tmp / "failed"
+            marker.write_text(f"{' '.join(cmd)}\nexit {rc}\n{log}")
+            os.replace(marker, failed)  # atomic: a reader sees all of it or nothing
+            raise BuildError(f"compiling the {backend.name} back end failed (exit {rc}): {log.strip()[-600:]}")
+        (tmp / "build.json").write_text(json.dumps({"command": cmd, "compiler": compiler.version, "key": key,
+                                                    "backend": backend.name}, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not lib.is_file():  # not a lost race: a real problem
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return lib
+
+
+class FusedInt8:
+    """A loaded back end: `attention(q, k, v, ...)` on contiguous float32 CPU tensors [B, H, L, D]."""
+
+    def __init__(self, backend: Backend, lib_path: Path, compiler: Compiler | None) -> None:
+        self.backend = backend
+        self.path = lib_path
+        self.compiler = compiler
+        lib = ctypes.CDLL(str(lib_path))
+        lib.attn_int8_backend.restype = ctypes.c_char_p
+        lib.attn_int8_p_format.restype = ctypes.c_char_p
+        lib.attn_int8_error.restype = ctypes.c_char_p
+        lib.attn_int8_error.argtypes = [ctypes.c_int]
+        lib.attn_int8_abi.restype = ctypes.c_int
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.attn_int8_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_int,
+                                          ctypes.c_int, ctypes.c_float]
+        lib.attn_int8_forward.restype = ctypes.c_int
+        if lib.attn_int8_abi() != ABI_VERSION or lib.attn_int8_backend().decode() != backend.name:
+            raise BuildError(f"{lib_path} is not the {backend.name} library of ABI {ABI_VERSION}")
+        self._lib = lib
+        self.p_format = lib.attn_int8_p_format().decode()
+
+    def attention(self, q: Any, k: Any, v: Any, *, causal: bool = False, threads: int = 1,
+                  rows_per_scale: tuple[int, int] = (1, 1), out: Any = None) -> Any:
+        """softmax(Q K^T / sqrt(d)) V in the fused kernel; q [B, H, Lq, D], k and v [B, H, Lk, D]."""
+        import torch
+
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError(f"{name} must be a contiguous float32 CPU tensor")
+        b, h, n, d = q.shape
+        nk = k.shape[-2]
+        if k.shape != (b, h, nk, d) or v.shape != (b, h, nk, d):
+            raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
+        if out is None:
+            out = torch.empty_like(q)
+        rc = self._lib.attn_int8_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), b * h, n, nk,
+                                         d, rows_per_scale[0], rows_per_scale[1], int(causal), max(1, threads),
+                                         1.0 / math.sqrt(d))
+        if rc:
+            raise ValueError(f"fused int8 attention: {self._lib.attn_int8_error(rc).decode()}")
+        return out
+
+
+_LOADED: dict[tuple[str, str], FusedInt8] = {}
+
+
+def load(name: str, workdir: str | None = None) -> FusedInt8:
+    """Back end `name` built (or found) in the cache and loaded; BuildError saying why not."""
+    backend = BACKENDS[name]
+    root = cache_root(workdir)
+    cached = _LOADED.get((name, str(root)))
+    if cached is not None:
+        return cached
+    compiler = find_compiler()
+    if compiler is None:
+        raise BuildError("no C++ compiler on this device (looked for $CXX, c++, g++, clang++); "
+                         "install g++ to build the fused kernel")
+    lib = ensure_built(backend, root, compiler)
+    try:
+        kernel = FusedInt8(backend, lib, compiler)
+    except OSError as exc:
+        raise BuildError(f"loading {lib} failed: {exc}") from exc
+    _LOADED[(name, str(root))] = kernel
+    return kernel
