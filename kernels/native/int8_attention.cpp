@@ -98,6 +98,7 @@ constexpr bool Q_OFFSET = false;
 #error "define one ATTN_<backend> macro"
 #endif
 
+constexpr int DIGIT_BITS = DIGIT == 256 ? 8 : (DIGIT == 128 ? 7 : 0);
 constexpr int RB = 4;        // query rows per row block (the unit of Q K^T, softmax and P V)
 constexpr int KEY_PAD = 16;  // keys are padded to a multiple of this (every vector width divides it)
 constexpr float LOG2E = 1.4426950408889634f;
@@ -141,11 +142,97 @@ inline float exp2_poly(float x) {
   return p * scale;
 }
 
-inline bool finite(float x) { return std::fabs(x) <= FLT_MAX; }
+// ---- portable vectors ----------------------------------------------------------------------------------------
+// GCC/Clang vector extensions: one source for zmm, ymm and NEON registers in the element-wise loops
+// (quantizing, the softmax). VL floats per vector; Dp and the padded chunk lengths are multiples of it.
+#if defined(ATTN_AVX512VNNI)
+constexpr int VL = 16;
+#elif defined(ATTN_NEON_DOT) || defined(ATTN_NEON) || defined(ATTN_SCALAR)
+constexpr int VL = 4;
+#else
+constexpr int VL = 8;
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+typedef p_t vp __attribute__((vector_size(VL * sizeof(p_t))));
 
-inline int quantize127(float x) {
-  const float r = std::nearbyint(x);
-  return static_cast<int>(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+inline vf load_f(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline vi load_i(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void store_p(p_t* dst, vi x) { const vp v = __builtin_convertvector(x, vp); std::memcpy(dst, &v, sizeof(v)); }
+inline void store_f(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf vabs(vf x) { return x < 0.0f ? -x : x; }
+inline vi finite_mask(vf x) { return (x <= FLT_MAX) & (x >= -FLT_MAX); }  // false for NaN and +-inf
+// Horizontal reductions by halving (a chain of scalar compares over 16 lanes cost as much as the row).
+typedef float f4 __attribute__((vector_size(16)));
+typedef int32_t i4 __attribute__((vector_size(16)));
+template <typename V, typename H>
+inline void halves(const V& x, H& a, H& b) {
+  std::memcpy(&a, &x, sizeof(H));
+  std::memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+}
+template <int W> struct Reduce;
+template <> struct Reduce<4> {
+  static float max(f4 x) {
+    const float a = x[0] > x[1] ? x[0] : x[1], b = x[2] > x[3] ? x[2] : x[3];
+    return a > b ? a : b;
+  }
+  static int32_t sum(i4 x) { return (x[0] + x[1]) + (x[2] + x[3]); }
+  static int32_t all(i4 x) { return (x[0] & x[1]) & (x[2] & x[3]); }
+};
+template <> struct Reduce<8> {
+  typedef float f8 __attribute__((vector_size(32)));
+  typedef int32_t i8 __attribute__((vector_size(32)));
+  static float max(f8 x) { f4 a, b; halves(x, a, b); return Reduce<4>::max(a > b ? a : b); }
+  static int32_t sum(i8 x) { i4 a, b; halves(x, a, b); return Reduce<4>::sum(a + b); }
+  static int32_t all(i8 x) { i4 a, b; halves(x, a, b); return Reduce<4>::all(a & b); }
+};
+template <> struct Reduce<16> {
+  typedef float f8 __attribute__((vector_size(32)));
+  typedef int32_t i8 __attribute__((vector_size(32)));
+  typedef float f16 __attribute__((vector_size(64)));
+  typedef int32_t i16 __attribute__((vector_size(64)));
+  static float max(f16 x) { f8 a, b; halves(x, a, b); return Reduce<8>::max(a > b ? a : b); }
+  static int32_t sum(i16 x) { i8 a, b; halves(x, a, b); return Reduce<8>::sum(a + b); }
+  static int32_t all(i16 x) { i8 a, b; halves(x, a, b); return Reduce<8>::all(a & b); }
+};
+inline float hmax(vf x) { return Reduce<VL>::max(x); }
+inline int32_t hsum(vi x) { return Reduce<VL>::sum(x); }
+inline int32_t hall(vi x) { return Reduce<VL>::all(x); }
+// Round half away from zero to an integer in [-127, 127] (|x| <= 127 up to float rounding).
+inline vi round127(vf x) {
+  const vi r = __builtin_convertvector(x + (x < 0.0f ? vf{} - 0.5f : vf{} + 0.5f), vi);
+  return r > 127 ? vi{} + 127 : (r < -127 ? vi{} - 127 : r);
+}
+
+// 2^x for x <= 0 on a vector: as exp2_poly with a degree-4 polynomial (relative error 3.6e-6, far below
+// P's 16-bit quantization step) and, on AVX-512, vrndscaleps + vscalefps for the split and the 2^n.
+inline vf exp2_vec(vf x) {
+  x = x < -126.0f ? vf{} - 126.0f : x;
+#if defined(__AVX512F__)
+  if constexpr (VL == 16) {
+    const __m512 xv = reinterpret_cast<const __m512&>(x);
+    const __m512 n = _mm512_roundscale_ps(xv, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const vf f = x - reinterpret_cast<const vf&>(n);
+    vf p = vf{} + 0.0068419981f;
+    p = p * f + 0.0532269068f;
+    p = p * f + 0.2394393086f;
+    p = p * f + 0.6930506825f;
+    p = p * f + 0.9999980927f;
+    const __m512 r = _mm512_scalef_ps(reinterpret_cast<const __m512&>(p), n);
+    return reinterpret_cast<const vf&>(r);
+  }
+#endif
+  const vi n = __builtin_convertvector(x, vi);
+  const vf f = x - __builtin_convertvector(n, vf);
+  vf p = vf{} + 0.0068419981f;
+  p = p * f + 0.0532269068f;
+  p = p * f + 0.2394393086f;
+  p = p * f + 0.6930506825f;
+  p = p * f + 0.9999980927f;
+  const vi bits = (n + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
 }
 
 // ---- per-head quantization ----------------------------------------------------------------------------------
@@ -178,22 +265,43 @@ void group_scales(const float* amax, int n, int rows, float* scale) {
   }
 }
 
-// Returns true when every value was finite.
+typedef q_t vq __attribute__((vector_size(VL * sizeof(q_t))));
+typedef k_t vk __attribute__((vector_size(VL * sizeof(k_t))));
+typedef v_t vv __attribute__((vector_size(VL * sizeof(v_t))));
+
+// A row of d floats in a Dp-long buffer, zero past d (the padded channels).
+const float* padded_row(const float* src, int d, int dp, float* buf) {
+  if (d == dp) return src;
+  std::memcpy(buf, src, sizeof(float) * d);
+  std::memset(buf + d, 0, sizeof(float) * (dp - d));
+  return buf;
+}
+
+// Quantizes one head's Q, K and V into `h`. Returns false when any value is NaN or infinite.
 bool pack_head(const float* q, const float* k, const float* v, const Shape& s, HeadPack& h) {
   const int d = s.d, dp = s.dp;
-  bool ok = true;
-  std::vector<float> amax(std::max(s.nq, s.nk)), scale(std::max(s.nq, s.nk));
+  thread_local std::vector<float> amax, scale, buf, mean, vmax, vinv;
+  thread_local std::vector<k_t> krow;
+  thread_local std::vector<v_t> vrows;
+  amax.resize(std::max(s.nq, s.nk));
+  scale.resize(std::max(s.nq, s.nk));
+  buf.resize(dp);
+  mean.resize(dp);
+  vmax.resize(dp);
+  vinv.resize(dp);
+  krow.resize(dp);
+  vrows.resize(static_cast<size_t>(VG) * dp);
+  vi ok = vi{} - 1;
   // Q per token (or per group of q_rows tokens).
   for (int i = 0; i < s.nq; ++i) {
-    const float* src = q + static_cast<size_t>(i) * d;
-    float m = 0.0f;
-    int bad = 0;
-    for (int c = 0; c < d; ++c) {
-      bad |= !finite(src[c]);
-      m = std::max(m, std::fabs(src[c]));
+    const float* row = padded_row(q + static_cast<size_t>(i) * d, d, dp, buf.data());
+    vf m = vf{};
+    for (int c = 0; c < dp; c += VL) {
+      const vf x = load_f(row + c);
+      ok &= finite_mask(x);
+      m = m > vabs(x) ? m : vabs(x);
     }
-    ok &= !bad;
-    amax[i] = m;
+    amax[i] = hmax(m);
   }
   group_scales(amax.data(), s.nq, s.q_rows, scale.data());
   for (int i = 0; i < s.nq_pad; ++i) {
@@ -203,77 +311,97 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
       h.qs[i] = 0.0f;
       continue;
     }
-    const float* src = q + static_cast<size_t>(i) * d;
+    const float* row = padded_row(q + static_cast<size_t>(i) * d, d, dp, buf.data());
     const float inv = 1.0f / scale[i];
-    for (int c = 0; c < dp; ++c) {
-      const int x = c < d ? quantize127(src[c] * inv) : 0;
-      dst[c] = static_cast<q_t>(Q_OFFSET ? x + 128 : x);
+    for (int c = 0; c < dp; c += VL) {
+      const vi x = round127(load_f(row + c) * inv) + (Q_OFFSET ? 128 : 0);
+      const vq out = __builtin_convertvector(x, vq);
+      std::memcpy(dst + c, &out, sizeof(out));
     }
     h.qs[i] = scale[i] * s.scale * LOG2E;
   }
-  // K smoothed (its mean over tokens subtracted), per token (or per group of k_rows tokens).
-  std::vector<double> mean(d, 0.0);
+  // K smoothed (its mean over tokens subtracted: any vector would be exact, so float sums suffice),
+  // per token (or per group of k_rows tokens).
+  std::fill(mean.begin(), mean.end(), 0.0f);
   for (int j = 0; j < s.nk; ++j) {
-    const float* src = k + static_cast<size_t>(j) * d;
-    int bad = 0;
-    for (int c = 0; c < d; ++c) {
-      bad |= !finite(src[c]);
-      mean[c] += src[c];
+    const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf.data());
+    for (int c = 0; c < dp; c += VL) {
+      const vf x = load_f(row + c);
+      ok &= finite_mask(x);
+      store_f(mean.data() + c, load_f(mean.data() + c) + x);
     }
-    ok &= !bad;
   }
-  std::vector<float> meanf(d);
-  for (int c = 0; c < d; ++c) meanf[c] = static_cast<float>(mean[c] / s.nk);
+  for (int c = 0; c < dp; ++c) mean[c] /= static_cast<float>(s.nk);
   for (int j = 0; j < s.nk; ++j) {
-    const float* src = k + static_cast<size_t>(j) * d;
-    float m = 0.0f;
-    for (int c = 0; c < d; ++c) m = std::max(m, std::fabs(src[c] - meanf[c]));
-    amax[j] = m;
+    const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf.data());
+    vf m = vf{};
+    for (int c = 0; c < dp; c += VL) {
+      const vf x = vabs(load_f(row + c) - load_f(mean.data() + c));
+      m = m > x ? m : x;
+    }
+    amax[j] = hmax(m);
   }
   group_scales(amax.data(), s.nk, s.k_rows, scale.data());
+  const int kg = kg_of(dp);
   for (int j = 0; j < s.nk_pad; ++j) {
-    int32_t sum = 0;
+    vi sum = vi{};
     if (j < s.nk) {
-      const float* src = k + static_cast<size_t>(j) * d;
+      // Padded channels come out as 0: (0 - 0) * inv (the mean of a zero channel is 0).
+      const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf.data());
       const float inv = 1.0f / scale[j];
-      for (int c = 0; c < dp; ++c) {
-        const int x = c < d ? quantize127((src[c] - meanf[c]) * inv) : 0;
-        h.k[k_index(j, c, dp)] = static_cast<k_t>(x);
+      for (int c = 0; c < dp; c += VL) {
+        const vi x = round127((load_f(row + c) - load_f(mean.data() + c)) * inv);
         sum += x;
+        const vk out = __builtin_convertvector(x, vk);
+        std::memcpy(krow.data() + c, &out, sizeof(out));
       }
       h.ks[j] = scale[j];
     } else {
-      for (int c = 0; c < dp; ++c) h.k[k_index(j, c, dp)] = 0;
+      std::fill(krow.begin(), krow.end(), k_t{0});
       h.ks[j] = 0.0f;
     }
-    h.corr[j] = Q_OFFSET ? 128 * sum : 0;
+    for (int c = 0; c < dp; c += kg) std::memcpy(h.k + k_index(j, c, dp), krow.data() + c, sizeof(k_t) * kg);
+    h.corr[j] = Q_OFFSET ? 128 * hsum(sum) : 0;
   }
   // V per channel.
-  std::vector<float> vmax(d, 0.0f);
-  int vbad = 0;
+  std::fill(vmax.begin(), vmax.end(), 0.0f);
   for (int j = 0; j < s.nk; ++j) {
-    const float* src = v + static_cast<size_t>(j) * d;
-    for (int c = 0; c < d; ++c) {
-      vbad |= !finite(src[c]);
-      vmax[c] = std::max(vmax[c], std::fabs(src[c]));
+    const float* row = padded_row(v + static_cast<size_t>(j) * d, d, dp, buf.data());
+    for (int c = 0; c < dp; c += VL) {
+      const vf x = load_f(row + c);
+      ok &= finite_mask(x);
+      const vf m = load_f(vmax.data() + c);
+      store_f(vmax.data() + c, m > vabs(x) ? m : vabs(x));
     }
   }
-  ok &= !vbad;
-  std::vector<float> vinv(dp, 0.0f);
   for (int c = 0; c < dp; ++c) {
-    const float sc = c < d && vmax[c] > 0.0f ? vmax[c] / 127.0f : 1.0f;
-    h.vs[c] = sc;
-    vinv[c] = 1.0f / sc;
+    h.vs[c] = vmax[c] > 0.0f ? vmax[c] / 127.0f : 1.0f;
+    vinv[c] = 1.0f / h.vs[c];
   }
-  for (int j = 0; j < s.nk_pad; ++j) {
-    const float* src = v + static_cast<size_t>(j) * d;
-    for (int c = 0; c < dp; ++c) {
-      const int x = (j < s.nk && c < d) ? quantize127(src[c] * vinv[c]) : 0;
-      h.v[v_index(j, c, dp)] = static_cast<v_t>(x);
+  // VG consecutive keys at a time: quantized rows, then interleaved into the [key group][channel][VG] layout.
+  for (int j0 = 0; j0 < s.nk_pad; j0 += VG) {
+    for (int t = 0; t < VG; ++t) {
+      v_t* dst = vrows.data() + static_cast<size_t>(t) * dp;
+      if (j0 + t >= s.nk) {
+        std::fill(dst, dst + dp, v_t{0});
+        continue;
+      }
+      const float* row = padded_row(v + static_cast<size_t>(j0 + t) * d, d, dp, buf.data());
+      for (int c = 0; c < dp; c += VL) {
+        const vv out = __builtin_convertvector(round127(load_f(row + c) * load_f(vinv.data() + c)), vv);
+        std::memcpy(dst + c, &out, sizeof(out));
+      }
+    }
+    v_t* dst = h.v + v_index(j0, 0, dp);
+    if (VG == 1) {
+      std::memcpy(dst, vrows.data(), sizeof(v_t) * dp);
+    } else {
+      for (int c = 0; c < dp; ++c)
+        for (int t = 0; t < VG; ++t) dst[c * VG + t] = vrows[static_cast<size_t>(t) * dp + c];
     }
   }
-  h.bad = !ok;
-  return ok;
+  h.bad = hall(ok) != -1;
+  return !h.bad;
 }
 
 // ---- micro-kernels: S = Q K^T (int32) and A = P V (int32) -------------------------------------------------
@@ -615,19 +743,62 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 
 struct Scratch {
   std::vector<int32_t> S;   // [RB][TK]
-  std::vector<float> Sf;    // [RB][TK]
   std::vector<p_t> P;       // [ND * RB][TK]
   std::vector<int32_t> A;   // [ND * RB][Dp]
   std::vector<float> O;     // [TQ][Dp]
   std::vector<float> m, l;  // [TQ]
 };
 
+// One row of one chunk: scores from the int32 dot products, the online-softmax update of the row's running
+// max `m` and sum `l`, and P quantized to PMAX (split into ND digits) for P V. Keys at or past `lim` are
+// masked. Returns the factor the row's accumulator is rescaled by. n is a multiple of KEY_PAD, so of VL.
+// Pass 1: the scores as floats (written over S) and their max; keys at or past `lim` are -inf.
+template <bool MASKED>
+float scores_max(int32_t* S, const int32_t* corr, const float* ks, float qs, int n, int lim) {
+  vi lane;
+  for (int t = 0; t < VL; ++t) lane[t] = t;
+  const vf neg_inf = vf{} - INFINITY;
+  vf mxv = neg_inf;
+  for (int j = 0; j < n; j += VL) {
+    vf x = __builtin_convertvector(load_i(S + j) - load_i(corr + j), vf) * (load_f(ks + j) * qs);
+    if (MASKED) x = (lane + j) < lim ? x : neg_inf;
+    std::memcpy(S + j, &x, sizeof(x));
+    mxv = mxv > x ? mxv : x;
+  }
+  return hmax(mxv);
+}
+
+float softmax_row(int32_t* S, const int32_t* corr, const float* ks, float qs, int n, int lim, float& m,
+                  float& l, p_t* P, int ldp) {
+  const float mx = lim >= n ? scores_max<false>(S, corr, ks, qs, n, lim) : scores_max<true>(S, corr, ks, qs, n, lim);
+  const float m_new = m > mx ? m : mx;
+  if (m_new == -INFINITY) {  // nothing visible to this row yet
+    for (int d = 0; d < ND; ++d) std::memset(P + d * ldp, 0, sizeof(p_t) * n);
+    return 1.0f;
+  }
+  const float alpha = exp2_poly(m - m_new);
+  m = m_new;
+  vi sumv = vi{};
+  for (int j = 0; j < n; j += VL) {
+    const vi p = __builtin_convertvector(exp2_vec(load_f(reinterpret_cast<const float*>(S + j)) - m_new) *
+                                         static_cast<float>(PMAX) + 0.5f, vi);
+    sumv += p;
+    if (ND == 2) {  // p >= 0 and DIGIT a power of two: shift and mask
+      store_p(P + j, p >> DIGIT_BITS);
+      store_p(P + ldp + j, p & (DIGIT - 1));
+    } else {
+      store_p(P + j, p);
+    }
+  }
+  l = l * alpha + static_cast<float>(hsum(sumv));
+  return alpha;
+}
+
 // Query rows [q0, q0 + rows) of one head; rows is a multiple of RB.
 template <int DP>
 void attend_tile(const HeadPack& h, const Shape& s, int q0, int rows, float* out, Scratch& w) {
   const int tk = chunk_keys(DP);
   w.S.resize(static_cast<size_t>(RB) * tk);
-  w.Sf.resize(static_cast<size_t>(RB) * tk);
   w.P.resize(static_cast<size_t>(ND) * RB * tk);
   w.A.resize(static_cast<size_t>(ND) * RB * DP);
   w.O.assign(static_cast<size_t>(rows) * DP, 0.0f);
@@ -652,48 +823,9 @@ void attend_tile(const HeadPack& h, const Shape& s, int q0, int rows, float* out
         const int i = qi0 + r;
         int lim = std::min(nkc, s.nk - k0);
         if (s.causal) lim = std::min(lim, i - k0 + 1);
-        const int32_t* Sr = w.S.data() + r * tk;
-        float* Sf = w.Sf.data() + r * tk;
-        const float qs = h.qs[i];
-        const float* ks = h.ks + k0;
-        const int32_t* corr = h.corr + k0;
-        float mx = -INFINITY;
-        for (int j = 0; j < lim; ++j) {
-          const float x = static_cast<float>(Sr[j] - corr[j]) * (qs * ks[j]);
-          Sf[j] = x;
-          mx = mx > x ? mx : x;
-        }
-        float& m = w.m[rb + r];
-        const float m_new = m > mx ? m : mx;
         p_t* P = w.P.data() + static_cast<size_t>(r) * ND * tk;
-        if (m_new == -INFINITY || lim <= 0) {  // nothing visible yet for this row
-          for (int d = 0; d < ND; ++d) std::memset(P + d * tk, 0, sizeof(p_t) * nkc);
-          alpha[r] = 1.0f;
-          continue;
-        }
-        alpha[r] = exp2_poly(m - m_new);
-        m = m_new;
-        int32_t sum = 0;
-        if (ND == 2) {
-          p_t* hi = P;
-          p_t* lo = P + tk;
-          for (int j = 0; j < lim; ++j) {
-            const int32_t p = static_cast<int32_t>(exp2_poly(Sf[j] - m_new) * PMAX + 0.5f);
-            sum += p;
-            const int32_t a = p / DIGIT;
-            hi[j] = static_cast<p_t>(a);
-            lo[j] = static_cast<p_t>(p - a * DIGIT);
-          }
-          for (int j = std::max(lim, 0); j < nkc; ++j) hi[j] = lo[j] = 0;
-        } else {
-          for (int j = 0; j < lim; ++j) {
-            const int32_t p = static_cast<int32_t>(exp2_poly(Sf[j] - m_new) * PMAX + 0.5f);
-            sum += p;
-            P[j] = static_cast<p_t>(p);
-          }
-          for (int j = std::max(lim, 0); j < nkc; ++j) P[j] = 0;
-        }
-        w.l[rb + r] = w.l[rb + r] * alpha[r] + static_cast<float>(sum);
+        alpha[r] = softmax_row(w.S.data() + r * tk, h.corr + k0, h.ks + k0, h.qs[i], nkc, lim, w.m[rb + r],
+                               w.l[rb + r], P, tk);
       }
       pv_block<DP>(w.P.data(), tk, vc, nkc, w.A.data());
       for (int r = 0; r < RB; ++r) {
