@@ -268,139 +268,214 @@ void group_scales(const float* amax, int n, int rows, float* scale) {
 typedef q_t vq __attribute__((vector_size(VL * sizeof(q_t))));
 typedef k_t vk __attribute__((vector_size(VL * sizeof(k_t))));
 typedef v_t vv __attribute__((vector_size(VL * sizeof(v_t))));
+typedef int8_t b16 __attribute__((vector_size(16)));
+typedef int16_t h8 __attribute__((vector_size(16)));
+#if defined(__clang__)
+#define ATTN_SHUFFLE_B(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define ATTN_SHUFFLE_H(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define ATTN_SHUFFLE_B(a, b, ...) __builtin_shuffle(a, b, b16{__VA_ARGS__})
+#define ATTN_SHUFFLE_H(a, b, ...) __builtin_shuffle(a, b, h8{__VA_ARGS__})
+#endif
+
+// V's layout puts VG consecutive keys of one channel side by side: interleave VG quantized rows of dp.
+void interleave_rows(const v_t* rows, int dp, v_t* dst) {
+  if constexpr (VG == 1) {
+    std::memcpy(dst, rows, sizeof(v_t) * dp);
+  } else if constexpr (VG == 4 && sizeof(v_t) == 1) {
+    for (int c = 0; c < dp; c += 16) {
+      b16 r[4];
+      for (int t = 0; t < 4; ++t) std::memcpy(&r[t], rows + t * dp + c, 16);
+      const b16 a = ATTN_SHUFFLE_B(r[0], r[1], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      const b16 b = ATTN_SHUFFLE_B(r[0], r[1], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+      const b16 e = ATTN_SHUFFLE_B(r[2], r[3], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      const b16 f = ATTN_SHUFFLE_B(r[2], r[3], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+      h8 ah, bh, eh, fh;
+      std::memcpy(&ah, &a, 16);
+      std::memcpy(&bh, &b, 16);
+      std::memcpy(&eh, &e, 16);
+      std::memcpy(&fh, &f, 16);
+      const h8 o[4] = {ATTN_SHUFFLE_H(ah, eh, 0, 8, 1, 9, 2, 10, 3, 11), ATTN_SHUFFLE_H(ah, eh, 4, 12, 5, 13, 6, 14, 7, 15),
+                       ATTN_SHUFFLE_H(bh, fh, 0, 8, 1, 9, 2, 10, 3, 11), ATTN_SHUFFLE_H(bh, fh, 4, 12, 5, 13, 6, 14, 7, 15)};
+      std::memcpy(dst + c * 4, o, 64);
+    }
+  } else if constexpr (VG == 2 && sizeof(v_t) == 2) {
+    for (int c = 0; c < dp; c += 8) {
+      h8 r0, r1;
+      std::memcpy(&r0, rows + c, 16);
+      std::memcpy(&r1, rows + dp + c, 16);
+      const h8 o[2] = {ATTN_SHUFFLE_H(r0, r1, 0, 8, 1, 9, 2, 10, 3, 11), ATTN_SHUFFLE_H(r0, r1, 4, 12, 5, 13, 6, 14, 7, 15)};
+      std::memcpy(dst + c * 2, o, 32);
+    }
+  } else {
+    for (int c = 0; c < dp; ++c)
+      for (int t = 0; t < VG; ++t) dst[c * VG + t] = rows[t * dp + c];
+  }
+}
+
+struct PackScratch {
+  std::vector<float> amax, scale, buf, mean, vmax, vinv;
+  std::vector<k_t> krow;
+  std::vector<v_t> vrows;
+};
 
 // A row of d floats in a Dp-long buffer, zero past d (the padded channels).
-const float* padded_row(const float* src, int d, int dp, float* buf) {
+inline const float* padded_row(const float* src, int d, int dp, float* buf) {
   if (d == dp) return src;
   std::memcpy(buf, src, sizeof(float) * d);
   std::memset(buf + d, 0, sizeof(float) * (dp - d));
   return buf;
 }
 
-// Quantizes one head's Q, K and V into `h`. Returns false when any value is NaN or infinite.
-bool pack_head(const float* q, const float* k, const float* v, const Shape& s, HeadPack& h) {
-  const int d = s.d, dp = s.dp;
-  thread_local std::vector<float> amax, scale, buf, mean, vmax, vinv;
-  thread_local std::vector<k_t> krow;
-  thread_local std::vector<v_t> vrows;
-  amax.resize(std::max(s.nq, s.nk));
-  scale.resize(std::max(s.nq, s.nk));
-  buf.resize(dp);
-  mean.resize(dp);
-  vmax.resize(dp);
-  vinv.resize(dp);
-  krow.resize(dp);
-  vrows.resize(static_cast<size_t>(VG) * dp);
-  vi ok = vi{} - 1;
-  // Q per token (or per group of q_rows tokens).
-  for (int i = 0; i < s.nq; ++i) {
-    const float* row = padded_row(q + static_cast<size_t>(i) * d, d, dp, buf.data());
-    vf m = vf{};
-    for (int c = 0; c < dp; c += VL) {
-      const vf x = load_f(row + c);
-      ok &= finite_mask(x);
-      m = m > vabs(x) ? m : vabs(x);
-    }
-    amax[i] = hmax(m);
+// x * 0 summed over every value stays 0 unless a value is NaN or infinite (0 * inf is NaN): one FMA per
+// vector to notice them.
+inline vf poison(vf acc, vf x) { return x * 0.0f + acc; }
+
+inline vf row_amax(const float* row, int dp, vf& bad) {
+  vf m = vf{};
+  for (int c = 0; c < dp; c += VL) {
+    const vf x = load_f(row + c);
+    bad = poison(bad, x);
+    m = m > vabs(x) ? m : vabs(x);
   }
-  group_scales(amax.data(), s.nq, s.q_rows, scale.data());
-  for (int i = 0; i < s.nq_pad; ++i) {
-    q_t* dst = h.q + static_cast<size_t>(i) * dp;
-    if (i >= s.nq) {
-      for (int c = 0; c < dp; ++c) dst[c] = static_cast<q_t>(Q_OFFSET ? 128 : 0);
-      h.qs[i] = 0.0f;
-      continue;
+  return m;
+}
+
+// Q row i (already padded) to the kernel's Q type with scale `sc`.
+inline void quantize_q(const float* row, float sc, int dp, q_t* dst) {
+  const float inv = 1.0f / sc;
+  for (int c = 0; c < dp; c += VL) {
+    const vi x = round127(load_f(row + c) * inv) + (Q_OFFSET ? 128 : 0);
+    const vq out = __builtin_convertvector(x, vq);
+    std::memcpy(dst + c, &out, sizeof(out));
+  }
+}
+
+// Quantizes one head's Q, K and V into `h`. Returns false when any value is NaN or infinite. Per-token
+// scales (rows == 1) take one pass over a row; groups of rows take a pass for the amax first.
+bool pack_head(const float* q, const float* k, const float* v, const Shape& s, HeadPack& h, PackScratch& w) {
+  const int d = s.d, dp = s.dp;
+  w.amax.resize(std::max(s.nq, s.nk));
+  w.scale.resize(std::max(s.nq, s.nk));
+  w.buf.resize(dp);
+  w.mean.resize(dp);
+  w.vmax.resize(dp);
+  w.vinv.resize(dp);
+  w.krow.resize(dp);
+  w.vrows.resize(static_cast<size_t>(VG) * dp);
+  float* buf = w.buf.data();
+  float* mean = w.mean.data();
+  vf bad = vf{};
+  // Q per token (or per group of q_rows tokens).
+  if (s.q_rows == 1) {
+    for (int i = 0; i < s.nq; ++i) {
+      const float* row = padded_row(q + static_cast<size_t>(i) * d, d, dp, buf);
+      const float amax = hmax(row_amax(row, dp, bad));
+      const float sc = amax > 0.0f ? amax / 127.0f : 1.0f;
+      quantize_q(row, sc, dp, h.q + static_cast<size_t>(i) * dp);
+      h.qs[i] = sc * s.scale * LOG2E;
     }
-    const float* row = padded_row(q + static_cast<size_t>(i) * d, d, dp, buf.data());
-    const float inv = 1.0f / scale[i];
-    for (int c = 0; c < dp; c += VL) {
-      const vi x = round127(load_f(row + c) * inv) + (Q_OFFSET ? 128 : 0);
-      const vq out = __builtin_convertvector(x, vq);
-      std::memcpy(dst + c, &out, sizeof(out));
+  } else {
+    for (int i = 0; i < s.nq; ++i)
+      w.amax[i] = hmax(row_amax(padded_row(q + static_cast<size_t>(i) * d, d, dp, buf), dp, bad));
+    group_scales(w.amax.data(), s.nq, s.q_rows, w.scale.data());
+    for (int i = 0; i < s.nq; ++i) {
+      quantize_q(padded_row(q + static_cast<size_t>(i) * d, d, dp, buf), w.scale[i], dp,
+                 h.q + static_cast<size_t>(i) * dp);
+      h.qs[i] = w.scale[i] * s.scale * LOG2E;
     }
-    h.qs[i] = scale[i] * s.scale * LOG2E;
+  }
+  for (int i = s.nq; i < s.nq_pad; ++i) {
+    std::memset(h.q + static_cast<size_t>(i) * dp, Q_OFFSET ? 128 : 0, sizeof(q_t) * dp);
+    h.qs[i] = 0.0f;
   }
   // K smoothed (its mean over tokens subtracted: any vector would be exact, so float sums suffice),
   // per token (or per group of k_rows tokens).
-  std::fill(mean.begin(), mean.end(), 0.0f);
+  std::fill(w.mean.begin(), w.mean.end(), 0.0f);
   for (int j = 0; j < s.nk; ++j) {
-    const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf.data());
+    const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf);
     for (int c = 0; c < dp; c += VL) {
       const vf x = load_f(row + c);
-      ok &= finite_mask(x);
-      store_f(mean.data() + c, load_f(mean.data() + c) + x);
+      bad = poison(bad, x);
+      store_f(mean + c, load_f(mean + c) + x);
     }
   }
   for (int c = 0; c < dp; ++c) mean[c] /= static_cast<float>(s.nk);
-  for (int j = 0; j < s.nk; ++j) {
-    const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf.data());
+  auto k_amax = [&](const float* row) {
     vf m = vf{};
     for (int c = 0; c < dp; c += VL) {
-      const vf x = vabs(load_f(row + c) - load_f(mean.data() + c));
+      const vf x = vabs(load_f(row + c) - load_f(mean + c));
       m = m > x ? m : x;
     }
-    amax[j] = hmax(m);
+    return hmax(m);
+  };
+  if (s.k_rows > 1) {
+    for (int j = 0; j < s.nk; ++j) w.amax[j] = k_amax(padded_row(k + static_cast<size_t>(j) * d, d, dp, buf));
+    group_scales(w.amax.data(), s.nk, s.k_rows, w.scale.data());
   }
-  group_scales(amax.data(), s.nk, s.k_rows, scale.data());
   const int kg = kg_of(dp);
   for (int j = 0; j < s.nk_pad; ++j) {
+    k_t* krow = w.krow.data();
     vi sum = vi{};
     if (j < s.nk) {
       // Padded channels come out as 0: (0 - 0) * inv (the mean of a zero channel is 0).
-      const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf.data());
-      const float inv = 1.0f / scale[j];
+      const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf);
+      float sc;
+      if (s.k_rows == 1) {
+        const float amax = k_amax(row);
+        sc = amax > 0.0f ? amax / 127.0f : 1.0f;
+      } else {
+        sc = w.scale[j];
+      }
+      const float inv = 1.0f / sc;
       for (int c = 0; c < dp; c += VL) {
-        const vi x = round127((load_f(row + c) - load_f(mean.data() + c)) * inv);
+        const vi x = round127((load_f(row + c) - load_f(mean + c)) * inv);
         sum += x;
         const vk out = __builtin_convertvector(x, vk);
-        std::memcpy(krow.data() + c, &out, sizeof(out));
+        std::memcpy(krow + c, &out, sizeof(out));
       }
-      h.ks[j] = scale[j];
+      h.ks[j] = sc;
     } else {
-      std::fill(krow.begin(), krow.end(), k_t{0});
+      std::memset(krow, 0, sizeof(k_t) * dp);
       h.ks[j] = 0.0f;
     }
-    for (int c = 0; c < dp; c += kg) std::memcpy(h.k + k_index(j, c, dp), krow.data() + c, sizeof(k_t) * kg);
+    for (int c = 0; c < dp; c += kg) std::memcpy(h.k + k_index(j, c, dp), krow + c, sizeof(k_t) * kg);
     h.corr[j] = Q_OFFSET ? 128 * hsum(sum) : 0;
   }
   // V per channel.
-  std::fill(vmax.begin(), vmax.end(), 0.0f);
+  float* vmax = w.vmax.data();
+  std::fill(w.vmax.begin(), w.vmax.end(), 0.0f);
   for (int j = 0; j < s.nk; ++j) {
-    const float* row = padded_row(v + static_cast<size_t>(j) * d, d, dp, buf.data());
+    const float* row = padded_row(v + static_cast<size_t>(j) * d, d, dp, buf);
     for (int c = 0; c < dp; c += VL) {
       const vf x = load_f(row + c);
-      ok &= finite_mask(x);
-      const vf m = load_f(vmax.data() + c);
-      store_f(vmax.data() + c, m > vabs(x) ? m : vabs(x));
+      bad = poison(bad, x);
+      const vf m = load_f(vmax + c);
+      store_f(vmax + c, m > vabs(x) ? m : vabs(x));
     }
   }
   for (int c = 0; c < dp; ++c) {
     h.vs[c] = vmax[c] > 0.0f ? vmax[c] / 127.0f : 1.0f;
-    vinv[c] = 1.0f / h.vs[c];
+    w.vinv[c] = 1.0f / h.vs[c];
   }
   // VG consecutive keys at a time: quantized rows, then interleaved into the [key group][channel][VG] layout.
   for (int j0 = 0; j0 < s.nk_pad; j0 += VG) {
     for (int t = 0; t < VG; ++t) {
-      v_t* dst = vrows.data() + static_cast<size_t>(t) * dp;
+      v_t* dst = w.vrows.data() + static_cast<size_t>(t) * dp;
       if (j0 + t >= s.nk) {
-        std::fill(dst, dst + dp, v_t{0});
+        std::memset(dst, 0, sizeof(v_t) * dp);
         continue;
       }
-      const float* row = padded_row(v + static_cast<size_t>(j0 + t) * d, d, dp, buf.data());
+      const float* row = padded_row(v + static_cast<size_t>(j0 + t) * d, d, dp, buf);
       for (int c = 0; c < dp; c += VL) {
-        const vv out = __builtin_convertvector(round127(load_f(row + c) * load_f(vinv.data() + c)), vv);
+        const vv out = __builtin_convertvector(round127(load_f(row + c) * load_f(w.vinv.data() + c)), vv);
         std::memcpy(dst + c, &out, sizeof(out));
       }
     }
-    v_t* dst = h.v + v_index(j0, 0, dp);
-    if (VG == 1) {
-      std::memcpy(dst, vrows.data(), sizeof(v_t) * dp);
-    } else {
-      for (int c = 0; c < dp; ++c)
-        for (int t = 0; t < VG; ++t) dst[c * VG + t] = vrows[static_cast<size_t>(t) * dp + c];
-    }
+    interleave_rows(w.vrows.data(), dp, h.v + v_index(j0, 0, dp));
   }
-  h.bad = hall(ok) != -1;
+  vi nonzero = bad != 0.0f;  // NaN != 0 holds
+  h.bad = hall(~nonzero) != -1;
   return !h.bad;
 }
 
@@ -742,6 +817,7 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 // ---- the tiled online softmax -----------------------------------------------------------------------------
 
 struct Scratch {
+  PackScratch pack;
   std::vector<int32_t> S;   // [RB][TK]
   std::vector<p_t> P;       // [ND * RB][TK]
   std::vector<int32_t> A;   // [ND * RB][Dp]
@@ -990,8 +1066,8 @@ int forward(const float* q, const float* k, const float* v, float* out, int64_t 
   threads = std::max(1, threads);
   if (static_cast<int>(g_scratch.size()) < threads) g_scratch.resize(threads);
   const size_t in_head = static_cast<size_t>(s.nq) * s.d, kv_head = static_cast<size_t>(s.nk) * s.d;
-  g_pool.run(threads, static_cast<int>(bh), [&](int i, int) {
-    pack_head(q + in_head * i, k + kv_head * i, v + kv_head * i, s, heads[i]);
+  g_pool.run(threads, static_cast<int>(bh), [&](int i, int slot) {
+    pack_head(q + in_head * i, k + kv_head * i, v + kv_head * i, s, heads[i], g_scratch[slot].pack);
   });
   // Query tiles: 64 rows, fewer when that leaves threads idle (short sequences, few heads).
   int tq = 64;
