@@ -8,7 +8,9 @@ PIP     := $(PY) -m pip
 # without a GPU. pyproject keeps the range loose for users (Jetsons need NVIDIA's builds).
 TORCH_CPU ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
-APT_TEST_PACKAGES := openssh-server openssh-client chromium postgresql
+# g++ builds the fused int8 kernel (the controller's own `local` device compiles it on first use);
+# g++-aarch64-linux-gnu and qemu-user-static build and run its NEON back ends as an emulated Cortex-A76/A72.
+APT_TEST_PACKAGES := openssh-server openssh-client chromium postgresql g++ g++-aarch64-linux-gnu qemu-user-static
 
 .PHONY: demo test install system-deps clean bench
 
@@ -24,7 +26,8 @@ endif
 
 install: $(VENV)/.installed
 
-# System packages the tests use: real OpenSSH servers, headless Chromium, a PostgreSQL server.
+# System packages the tests use: real OpenSSH servers, headless Chromium, a PostgreSQL server, C++ compilers
+# and qemu-user for the fused int8 kernel.
 system-deps:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
