@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -930,7 +931,18 @@ void attend_tile(const HeadPack& h, const Shape& s, int q0, int rows, float* out
 
 // ---- a small persistent thread pool --------------------------------------------------------------------------
 // Workers spin briefly after a job (the timing loop calls back to back), then sleep on a condition variable,
-// so an idle pool costs no CPU.
+// and the caller waits for them the same way: a pool that spun for long would steal the cores from whatever
+// runs next (torch's own threads, other processes on a loaded device).
+
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+constexpr auto SPIN = std::chrono::microseconds(50);
 
 class Pool {
  public:
@@ -954,19 +966,16 @@ class Pool {
     }
     cv_.notify_all();
     work(0);
-    while (active_.load(std::memory_order_acquire) > 0) spin_pause();
+    const auto until = std::chrono::steady_clock::now() + SPIN;
+    while (active_.load(std::memory_order_acquire) > 0 && std::chrono::steady_clock::now() < until) spin_pause();
+    if (active_.load(std::memory_order_acquire) > 0) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_cv_.wait(lock, [&] { return active_.load(std::memory_order_acquire) == 0; });
+    }
     job_ = nullptr;
   }
 
  private:
-  static void spin_pause() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-  }
-
   void work(int slot) {
     for (;;) {
       const int t = next_.fetch_add(1);
@@ -979,7 +988,7 @@ class Pool {
   // thread is starting is not missed).
   void worker(int slot, uint64_t seen) {
     for (;;) {
-      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      const auto until = std::chrono::steady_clock::now() + SPIN;
       while (generation_.load(std::memory_order_acquire) == seen && !stop_.load() &&
              std::chrono::steady_clock::now() < until)
         spin_pause();
@@ -990,7 +999,10 @@ class Pool {
       if (stop_.load()) return;
       seen = generation_.load();
       work(slot);
-      active_.fetch_sub(1, std::memory_order_release);
+      if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mu_);  // the caller may be about to wait: no lost wake-up
+        done_cv_.notify_one();
+      }
     }
   }
 
@@ -1010,7 +1022,7 @@ class Pool {
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_, done_cv_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> next_{0}, active_{0};
   std::atomic<bool> stop_{false};
@@ -1066,17 +1078,26 @@ int forward(const float* q, const float* k, const float* v, float* out, int64_t 
   threads = std::max(1, threads);
   if (static_cast<int>(g_scratch.size()) < threads) g_scratch.resize(threads);
   const size_t in_head = static_cast<size_t>(s.nq) * s.d, kv_head = static_cast<size_t>(s.nk) * s.d;
-  g_pool.run(threads, static_cast<int>(bh), [&](int i, int slot) {
-    pack_head(q + in_head * i, k + kv_head * i, v + kv_head * i, s, heads[i], g_scratch[slot].pack);
-  });
   // Query tiles: 64 rows, fewer when that leaves threads idle (short sequences, few heads).
   int tq = 64;
   while (tq > RB && bh * ((s.nq + tq - 1) / tq) < 4 * threads) tq /= 2;
   const int tiles = (s.nq + tq - 1) / tq;
-  const int64_t ntasks = bh * tiles;
+  // One job per call: the first bh tasks pack a head each, the rest attend a tile of a head once that head
+  // is packed. Tasks are taken in order, so a head's packing has started before any of its tiles waits.
+  std::unique_ptr<std::atomic<int>[]> packed(new std::atomic<int>[bh]);
+  for (int64_t i = 0; i < bh; ++i) packed[i].store(0);
+  const int64_t ntasks = bh + bh * tiles;
   g_pool.run(threads, static_cast<int>(ntasks), [&](int t, int slot) {
-    const int64_t head = t / tiles;
-    const int q0 = (t % tiles) * tq;
+    if (t < bh) {
+      pack_head(q + in_head * t, k + kv_head * t, v + kv_head * t, s, heads[t], g_scratch[slot].pack);
+      packed[t].store(1, std::memory_order_release);
+      return;
+    }
+    const int64_t head = (t - bh) / tiles;
+    for (int spins = 0; !packed[head].load(std::memory_order_acquire); ++spins) {
+      if (spins < 1000) spin_pause(); else std::this_thread::yield();
+    }
+    const int q0 = static_cast<int>((t - bh) % tiles) * tq;
     const int rows = std::min(tq, s.nq_pad - q0);
     float* o = out + in_head * head;
     if (heads[head].bad) {
