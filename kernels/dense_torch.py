@@ -214,10 +214,9 @@ def dense_int8(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) -> Bui
                      meta={**meta, "int8_fast_path": int8_fast_path(ctx), "int8_route": "torch._int_mm"})
     threads = torch.get_num_threads()
     rows = rows_per_scale(quant, n, n)
-    out = torch.empty_like(q)
 
     def fused() -> torch.Tensor:
-        return kernel.attention(q, k, v, threads=threads, rows_per_scale=rows, out=out)
+        return kernel.attention(q, k, v, threads=threads, rows_per_scale=rows)
     if kernel.backend.name in fused_int8.PORTABLE and not meta.get("int8_backend_reason"):
         # No integer dot-product instruction: nothing measured says the portable back end beats the
         # unfused route on every such CPU, so this device decides, on this case, once.
@@ -340,11 +339,45 @@ def qengine_reduce_range(ctx: Context) -> bool:
 
 @register("dense", "int8", "torch", "block",
           requires=Requires(modules=("torch",), isa_any=INT8_DOT_FLAGS),
-          description="int8 weights (per-channel) x dynamically quantized u8 activations through the quantized "
-                      "engine's integer GEMM for the four projections; attention core SDPA fp32")
+          description="the fused int8 kernel's integer linear (activations per token, weights per output "
+                      "channel) for the Q/K/V (one GEMM) and output projections around its int8 attention core; "
+                      "the quantized engine's linear_dynamic with an SDPA fp32 core where no compiler is present")
 def dense_block_int8(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) -> Built:
     if ctx.device != "cpu":
-        raise Unsupported("dense/int8/torch/block uses the CPU quantized engine; run it on a CPU device")
+        raise Unsupported("dense/int8/torch/block runs on the CPU; run it on a CPU device")
+    assert inputs.x is not None and inputs.w is not None
+    kernel, meta = fused_kernel(ctx)
+    if kernel is None:
+        return _block_int8_qengine(case, inputs, ctx, meta)
+    quant = _int8_quant(case, "dense/int8/torch/block")
+    x = inputs.x.contiguous()
+    b, n, m = x.shape
+    h, d = case["heads"], case["head_dim"]
+    # One GEMM for the three input projections: x is quantized once and read once.
+    wqkv = kernel.pack_linear(torch.cat([inputs.w["wq"], inputs.w["wk"], inputs.w["wv"]], dim=1))
+    wo = kernel.pack_linear(inputs.w["wo"])
+    threads = torch.get_num_threads()
+    rows = rows_per_scale(quant, n, n)
+    # Workspaces reused across calls (the output is new each call). Views, no copies: Q/K/V heads straight
+    # out of the projection's rows, the core's output written in [B, L, H*D] for the output projection.
+    qkv = torch.empty(b * n, 3 * h * d)
+    attn = torch.empty(b, n, h * d)
+    q, k, v = (qkv.view(b, n, 3, h, d)[:, :, i].transpose(1, 2) for i in range(3))
+    attn_heads = attn.view(b, n, h, d).transpose(1, 2)
+
+    def fn() -> torch.Tensor:
+        kernel.linear(x.view(b * n, m), wqkv, threads=threads, out=qkv)
+        kernel.attention(q, k, v, threads=threads, rows_per_scale=rows, out=attn_heads)
+        return kernel.linear(attn.view(b * n, h * d), wo, threads=threads).view(b, n, m)
+    return Built(fn, compute=f"projections: activations int8 per token x weights int8 per output channel, "
+                             f"{kernel.backend.dot}, Q/K/V as one GEMM; core: fused int8 kernel "
+                             f"({kernel.backend.name}, {quant}, P {kernel.p_format})",
+                 bytes={"weights": wqkv.nbytes + wo.nbytes, "kv": kv_int8_bytes(case, quant)},
+                 meta={**meta, "int8_fast_path": int8_fast_path(ctx), "int8_route": "fused", "weight_bits": 8})
+
+
+def _block_int8_qengine(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context, meta: dict) -> Built:
+    """The block on torch's quantized engine (where the fused kernel cannot be built)."""
     if torch.backends.quantized.engine in (None, "none"):
         raise Unsupported("this torch build has no quantized engine (torch.backends.quantized.engine is none)")
     assert inputs.x is not None and inputs.w is not None
@@ -382,5 +415,5 @@ def dense_block_int8(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) 
     return Built(fn, compute=f"projections: u8 activations (dynamic per-tensor) x s8 per-channel weights "
                              f"({'7' if narrow else '8'}-bit) -> int32 in the '{engine}' quantized engine; SDPA fp32 core",
                  bytes={"weights": wbytes, "kv": 2 * b * n * h * d * 4},
-                 meta={"int8_fast_path": int8_fast_path(ctx), "int8_route": f"quantized.linear_dynamic ({engine})",
-                       "weight_bits": 7 if narrow else 8})
+                 meta={**meta, "int8_fast_path": int8_fast_path(ctx),
+                       "int8_route": f"quantized.linear_dynamic ({engine})", "weight_bits": 7 if narrow else 8})

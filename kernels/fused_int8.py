@@ -221,35 +221,89 @@ class FusedInt8:
         lib.attn_int8_error.restype = ctypes.c_char_p
         lib.attn_int8_error.argtypes = [ctypes.c_int]
         lib.attn_int8_abi.restype = ctypes.c_int
-        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-        lib.attn_int8_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_int,
-                                          ctypes.c_int, ctypes.c_float]
-        lib.attn_int8_forward.restype = ctypes.c_int
+        ptr, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.attn_int8_attention.argtypes = [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64,
+                                            i64, c_int, c_int, ctypes.c_float]
+        lib.attn_int8_attention.restype = c_int
+        lib.attn_int8_linear_bytes.argtypes = [i64, i64]
+        lib.attn_int8_linear_bytes.restype = i64
+        lib.attn_int8_linear_pack.argtypes = [ptr, i64, i64, ptr]
+        lib.attn_int8_linear_pack.restype = c_int
+        lib.attn_int8_linear.argtypes = [ptr, i64, i64, ptr, ptr, i64, c_int]
+        lib.attn_int8_linear.restype = c_int
         if lib.attn_int8_abi() != ABI_VERSION or lib.attn_int8_backend().decode() != backend.name:
             raise BuildError(f"{lib_path} is not the {backend.name} library of ABI {ABI_VERSION}")
         self._lib = lib
         self.p_format = lib.attn_int8_p_format().decode()
 
+    def _check(self, rc: int) -> None:
+        if rc:
+            raise ValueError(f"fused int8 kernel: {self._lib.attn_int8_error(rc).decode()}")
+
     def attention(self, q: Any, k: Any, v: Any, *, causal: bool = False, threads: int = 1,
                   rows_per_scale: tuple[int, int] = (1, 1), out: Any = None) -> Any:
-        """softmax(Q K^T / sqrt(d)) V in the fused kernel; q [B, H, Lq, D], k and v [B, H, Lk, D]."""
+        """softmax(Q K^T / sqrt(d)) V in the fused kernel; q [B, H, Lq, D], k and v [B, H, Lk, D], float32 CPU
+        tensors whose last dimension is contiguous (views with other strides are read in place)."""
         import torch
 
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-                raise ValueError(f"{name} must be a contiguous float32 CPU tensor")
         b, h, n, d = q.shape
         nk = k.shape[-2]
         if k.shape != (b, h, nk, d) or v.shape != (b, h, nk, d):
             raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
         if out is None:
-            out = torch.empty_like(q)
-        rc = self._lib.attn_int8_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), b * h, n, nk,
-                                         d, rows_per_scale[0], rows_per_scale[1], int(causal), max(1, threads),
-                                         1.0 / math.sqrt(d))
-        if rc:
-            raise ValueError(f"fused int8 attention: {self._lib.attn_int8_error(rc).decode()}")
+            out = torch.empty(b, h, n, d)
+        strides = []
+        for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+            if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(-1) != 1:
+                raise ValueError(f"{name} must be a float32 CPU tensor with a contiguous last dimension")
+            strides += list(t.stride()[:3])
+        arr = (ctypes.c_int64 * 12)(*strides)
+        self._check(self._lib.attn_int8_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), arr, b,
+                                                  h, n, nk, d, rows_per_scale[0], rows_per_scale[1], int(causal),
+                                                  max(1, threads), 1.0 / math.sqrt(d)))
         return out
+
+    def pack_linear(self, w: Any) -> "PackedLinear":
+        """W [k_in, n_out] (y = x W) quantized to int8 per output column, in this back end's layout."""
+        import torch
+
+        w = w.detach().to(torch.float32).contiguous()
+        k_in, n_out = w.shape
+        size = self._lib.attn_int8_linear_bytes(k_in, n_out)
+        if size < 0:
+            raise ValueError(f"weight {tuple(w.shape)} is out of range for the int8 linear")
+        buf = torch.empty(size + 64, dtype=torch.uint8)
+        offset = (-buf.data_ptr()) % 64  # the packed layout is read with aligned vector loads
+        packed = buf[offset:offset + size]
+        self._check(self._lib.attn_int8_linear_pack(w.data_ptr(), k_in, n_out, packed.data_ptr()))
+        return PackedLinear(buf, packed, k_in, n_out)
+
+    def linear(self, x: Any, w: "PackedLinear", *, threads: int = 1, out: Any = None) -> Any:
+        """x [m, k_in] W -> [m, n_out]: x quantized per row to int8 on the fly, integer dot products."""
+        import torch
+
+        m, k_in = x.shape
+        if k_in != w.k_in or x.dtype != torch.float32 or x.stride(-1) != 1:
+            raise ValueError(f"x {tuple(x.shape)} must be float32 [m, {w.k_in}] with contiguous rows")
+        if out is None:
+            out = torch.empty(m, w.n_out)
+        self._check(self._lib.attn_int8_linear(x.data_ptr(), m, x.stride(0), w.packed.data_ptr(), out.data_ptr(),
+                                               out.stride(0), max(1, threads)))
+        return out
+
+
+@dataclass
+class PackedLinear:
+    """An int8 weight packed by `FusedInt8.pack_linear` (keeps its buffer alive)."""
+
+    buffer: Any
+    packed: Any
+    k_in: int
+    n_out: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.numel())
 
 
 _LOADED: dict[tuple[str, str], FusedInt8] = {}

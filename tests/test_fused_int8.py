@@ -191,6 +191,21 @@ def test_aarch64_back_ends_never_turn_nan_into_numbers(arm_drivers, tmp_path, ba
     assert not torch.isfinite(out[0, 0]).all() and torch.isfinite(out[0, 1]).all()
 
 
+@pytest.mark.parametrize("backend,cpu", [("neon_dot", "cortex-a76"), ("neon", "cortex-a72")])
+def test_aarch64_int8_linear_matches_float64_under_qemu(arm_drivers, tmp_path, backend: str, cpu: str) -> None:
+    rng = np.random.default_rng()
+    x = rng.standard_normal((37, 200)).astype(np.float32)
+    w = (rng.standard_normal((200, 70)) / 14).astype(np.float32)
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    with open(inp, "wb") as fh:
+        fh.write(np.array([37, 200, 70, 2], dtype=np.int64).tobytes() + x.tobytes() + w.tobytes())
+    proc = subprocess.run([QEMU, "-cpu", cpu, str(arm_drivers[backend]), "linear", str(inp), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-400:]
+    y = np.fromfile(out, dtype=np.float32).reshape(37, 70)
+    assert accuracy(y, x.astype(np.float64) @ w.astype(np.float64))["cos_sim"] >= 0.9999
+
+
 def test_the_dot_product_build_really_uses_sdot_a72_refuses_it(arm_drivers, tmp_path) -> None:
     """qemu's Cortex-A72 has no dot product: the neon_dot build dies there with SIGILL, which shows both that
     the emulated A72 is a fair stand-in for a Pi 4 and that the neon back end runs without sdot."""
@@ -358,7 +373,31 @@ def test_without_any_compiler_the_eager_route_runs_and_says_so(tmp_path, monkeyp
     fused_int8.find_compiler.cache_clear()
     try:
         _, built, _ = run_case(dict(precision="int8", seq_len=64, heads=1))
+        block_acc, block, _ = run_case(dict(precision="int8", scope="block", seq_len=64, heads=1, model_dim=128))
     finally:
         fused_int8.find_compiler.cache_clear()
     assert built.meta["int8_backend"] == "eager"
     assert "no C++ compiler" in built.meta["int8_backend_reason"]
+    assert block.meta["int8_backend"] == "eager" and block.meta["int8_route"].startswith("quantized.linear_dynamic")
+    assert block_acc["cos_sim"] >= 0.999
+
+
+def test_the_int8_block_runs_its_projections_and_core_in_the_fused_kernel() -> None:
+    acc, built, case = run_case(dict(precision="int8", scope="block", seq_len=200, heads=2, model_dim=256))
+    assert built.meta["int8_route"] == "fused" and built.meta["int8_backend"] == fused_int8.choose_backend(local_caps())
+    assert acc["cos_sim"] >= 0.9995, acc
+    first = built.fn().clone()
+    assert torch.equal(first, built.fn())  # workspaces reused across calls give the same answer
+
+
+@pytest.mark.parametrize("backend", local_x86_backends())
+def test_the_int8_linear_matches_float64_and_keeps_nan_rows_nan(built, backend: str) -> None:
+    rng = np.random.default_rng()
+    x = torch.from_numpy(rng.standard_normal((37, 300)).astype(np.float32))
+    w = torch.from_numpy((rng.standard_normal((300, 70)) / 17).astype(np.float32))
+    kern = built[backend]
+    y = kern.linear(x, kern.pack_linear(w), threads=2)
+    assert accuracy(y, x.double() @ w.double())["cos_sim"] >= 0.9999
+    x[5, 17] = np.nan
+    y = kern.linear(x, kern.pack_linear(w), threads=2)
+    assert torch.isnan(y[5]).all() and torch.isfinite(y[torch.arange(37) != 5]).all()

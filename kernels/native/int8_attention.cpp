@@ -209,7 +209,7 @@ inline vi round127(vf x) {
 // P's 16-bit quantization step) and, on AVX-512, vrndscaleps + vscalefps for the split and the 2^n.
 inline vf exp2_vec(vf x) {
   x = x < -126.0f ? vf{} - 126.0f : x;
-#if defined(__AVX512F__)
+#if defined(ATTN_AVX512VNNI)
   if constexpr (VL == 16) {
     const __m512 xv = reinterpret_cast<const __m512&>(x);
     const __m512 n = _mm512_roundscale_ps(xv, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
@@ -252,6 +252,7 @@ struct HeadPack {
 struct Shape {
   int nq, nk, d, dp, nq_pad, nk_pad;
   int q_rows, k_rows;  // tokens per Q / K scale: 1 per token, 32 per block, n per tensor
+  int64_t q_rs, k_rs, v_rs, o_rs;  // elements from one token's row to the next
   int causal;
   float scale;
 };
@@ -370,7 +371,7 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
   // Q per token (or per group of q_rows tokens).
   if (s.q_rows == 1) {
     for (int i = 0; i < s.nq; ++i) {
-      const float* row = padded_row(q + static_cast<size_t>(i) * d, d, dp, buf);
+      const float* row = padded_row(q + i * s.q_rs, d, dp, buf);
       const float amax = hmax(row_amax(row, dp, bad));
       const float sc = amax > 0.0f ? amax / 127.0f : 1.0f;
       quantize_q(row, sc, dp, h.q + static_cast<size_t>(i) * dp);
@@ -378,10 +379,10 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
     }
   } else {
     for (int i = 0; i < s.nq; ++i)
-      w.amax[i] = hmax(row_amax(padded_row(q + static_cast<size_t>(i) * d, d, dp, buf), dp, bad));
+      w.amax[i] = hmax(row_amax(padded_row(q + i * s.q_rs, d, dp, buf), dp, bad));
     group_scales(w.amax.data(), s.nq, s.q_rows, w.scale.data());
     for (int i = 0; i < s.nq; ++i) {
-      quantize_q(padded_row(q + static_cast<size_t>(i) * d, d, dp, buf), w.scale[i], dp,
+      quantize_q(padded_row(q + i * s.q_rs, d, dp, buf), w.scale[i], dp,
                  h.q + static_cast<size_t>(i) * dp);
       h.qs[i] = w.scale[i] * s.scale * LOG2E;
     }
@@ -394,7 +395,7 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
   // per token (or per group of k_rows tokens).
   std::fill(w.mean.begin(), w.mean.end(), 0.0f);
   for (int j = 0; j < s.nk; ++j) {
-    const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf);
+    const float* row = padded_row(k + j * s.k_rs, d, dp, buf);
     for (int c = 0; c < dp; c += VL) {
       const vf x = load_f(row + c);
       bad = poison(bad, x);
@@ -411,7 +412,7 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
     return hmax(m);
   };
   if (s.k_rows > 1) {
-    for (int j = 0; j < s.nk; ++j) w.amax[j] = k_amax(padded_row(k + static_cast<size_t>(j) * d, d, dp, buf));
+    for (int j = 0; j < s.nk; ++j) w.amax[j] = k_amax(padded_row(k + j * s.k_rs, d, dp, buf));
     group_scales(w.amax.data(), s.nk, s.k_rows, w.scale.data());
   }
   const int kg = kg_of(dp);
@@ -420,7 +421,7 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
     vi sum = vi{};
     if (j < s.nk) {
       // Padded channels come out as 0: (0 - 0) * inv (the mean of a zero channel is 0).
-      const float* row = padded_row(k + static_cast<size_t>(j) * d, d, dp, buf);
+      const float* row = padded_row(k + j * s.k_rs, d, dp, buf);
       float sc;
       if (s.k_rows == 1) {
         const float amax = k_amax(row);
@@ -447,7 +448,7 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
   float* vmax = w.vmax.data();
   std::fill(w.vmax.begin(), w.vmax.end(), 0.0f);
   for (int j = 0; j < s.nk; ++j) {
-    const float* row = padded_row(v + static_cast<size_t>(j) * d, d, dp, buf);
+    const float* row = padded_row(v + j * s.v_rs, d, dp, buf);
     for (int c = 0; c < dp; c += VL) {
       const vf x = load_f(row + c);
       bad = poison(bad, x);
@@ -467,7 +468,7 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
         std::memset(dst, 0, sizeof(v_t) * dp);
         continue;
       }
-      const float* row = padded_row(v + static_cast<size_t>(j0 + t) * d, d, dp, buf);
+      const float* row = padded_row(v + (j0 + t) * s.v_rs, d, dp, buf);
       for (int c = 0; c < dp; c += VL) {
         const vv out = __builtin_convertvector(round127(load_f(row + c) * load_f(w.vinv.data() + c)), vv);
         std::memcpy(dst + c, &out, sizeof(out));
@@ -486,9 +487,9 @@ bool pack_head(const float* q, const float* k, const float* v, const Shape& s, H
 
 #if defined(ATTN_AVX512VNNI)
 
-template <int DP>
-void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
-  constexpr int C4 = DP / 4;
+__attribute__((always_inline)) inline void qk_block_dyn(const q_t* q, const int DP, const k_t* kc, int nkc,
+                                                      int32_t* S, int lds) {
+  const int C4 = DP / 4;
   const int nkb = nkc / 16;
   int kb = 0;
   for (; kb + 4 <= nkb; kb += 4) {
@@ -560,9 +561,9 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 #define DPBUSD256(acc, a, b) _mm256_dpbusd_epi32(acc, a, b)
 #endif
 
-template <int DP>
-void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
-  constexpr int C4 = DP / 4;
+__attribute__((always_inline)) inline void qk_block_dyn(const q_t* q, const int DP, const k_t* kc, int nkc,
+                                                      int32_t* S, int lds) {
+  const int C4 = DP / 4;
   const int nkb = nkc / 8;  // 16 ymm registers: 4 rows x 2 key vectors + 2 K + 1 broadcast
   for (int kb = 0; kb < nkb; kb += 2) {
     __m256i acc[RB][2];
@@ -616,9 +617,9 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 
 #elif defined(ATTN_AVX2)
 
-template <int DP>
-void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
-  constexpr int C2 = DP / 2;
+__attribute__((always_inline)) inline void qk_block_dyn(const q_t* q, const int DP, const k_t* kc, int nkc,
+                                                      int32_t* S, int lds) {
+  const int C2 = DP / 2;
   const int nkb = nkc / 8;
   for (int kb = 0; kb < nkb; kb += 2) {
     __m256i acc[RB][2];
@@ -668,9 +669,9 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 
 #elif defined(ATTN_NEON_DOT)
 
-template <int DP>
-void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
-  constexpr int C4 = DP / 4;
+__attribute__((always_inline)) inline void qk_block_dyn(const q_t* q, const int DP, const k_t* kc, int nkc,
+                                                      int32_t* S, int lds) {
+  const int C4 = DP / 4;
   const int nkb = nkc / 4;
   for (int kb = 0; kb < nkb; kb += 4) {  // 4 rows x 4 vectors of 4 keys
     int32x4_t acc[RB][4];
@@ -728,8 +729,8 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 
 #elif defined(ATTN_NEON)
 
-template <int DP>
-void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
+__attribute__((always_inline)) inline void qk_block_dyn(const q_t* q, const int DP, const k_t* kc, int nkc,
+                                                      int32_t* S, int lds) {
   // Row-major K. s8 x s8 products widened to s16 two at a time (2 * 127 * 127 fits), pairwise added into
   // s32 lanes, then summed across lanes per (row, key).
   for (int j = 0; j < nkc; j += 2) {
@@ -789,8 +790,8 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 
 #else  // ATTN_SCALAR
 
-template <int DP>
-void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
+__attribute__((always_inline)) inline void qk_block_dyn(const q_t* q, const int DP, const k_t* kc, int nkc,
+                                                      int32_t* S, int lds) {
   for (int r = 0; r < RB; ++r)
     for (int j = 0; j < nkc; ++j) {
       const k_t* kr = kc + static_cast<size_t>(j) * DP;
@@ -815,10 +816,17 @@ void pv_block(const p_t* P, int ldp, const v_t* vc, int nkc, int32_t* A) {
 
 #endif
 
+// The attention core calls the micro-kernel with a compile-time head_dim; the int8 linear with a runtime one.
+template <int DP>
+void qk_block(const q_t* q, const k_t* kc, int nkc, int32_t* S, int lds) {
+  qk_block_dyn(q, DP, kc, nkc, S, lds);
+}
+
 // ---- the tiled online softmax -----------------------------------------------------------------------------
 
 struct Scratch {
   PackScratch pack;
+  std::vector<q_t> xq;      // the int8 linear's quantized rows
   std::vector<int32_t> S;   // [RB][TK]
   std::vector<p_t> P;       // [ND * RB][TK]
   std::vector<int32_t> A;   // [ND * RB][Dp]
@@ -923,7 +931,7 @@ void attend_tile(const HeadPack& h, const Shape& s, int q0, int rows, float* out
     const int i = q0 + r;
     if (i >= s.nq) break;
     const float inv = 1.0f / w.l[r];
-    float* dst = out + static_cast<size_t>(i) * s.d;
+    float* dst = out + i * s.o_rs;
     const float* O = w.O.data() + static_cast<size_t>(r) * DP;
     for (int c = 0; c < s.d; ++c) dst[c] = O[c] * h.vs[c] * inv;
   }
@@ -1053,9 +1061,16 @@ std::vector<Scratch> g_scratch;
 
 inline size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
+// Element strides of one tensor [batch, heads, tokens, d] (d contiguous).
+struct Strides {
+  int64_t batch, head, token;
+};
+
 template <int DP>
-int forward(const float* q, const float* k, const float* v, float* out, int64_t bh, Shape s, int threads) {
+int forward(const float* q, const float* k, const float* v, float* out, int64_t nb, int64_t nh,
+            const Strides* st, Shape s, int threads) {
   s.dp = DP;
+  const int64_t bh = nb * nh;
   const size_t qb = align64(sizeof(q_t) * s.nq_pad * DP), qsb = align64(sizeof(float) * s.nq_pad);
   const size_t kb = align64(sizeof(k_t) * s.nk_pad * DP), ksb = align64(sizeof(float) * s.nk_pad);
   const size_t cb = align64(sizeof(int32_t) * s.nk_pad), vb = align64(sizeof(v_t) * s.nk_pad * DP);
@@ -1077,7 +1092,7 @@ int forward(const float* q, const float* k, const float* v, float* out, int64_t 
   }
   threads = std::max(1, threads);
   if (static_cast<int>(g_scratch.size()) < threads) g_scratch.resize(threads);
-  const size_t in_head = static_cast<size_t>(s.nq) * s.d, kv_head = static_cast<size_t>(s.nk) * s.d;
+  auto at = [&](const Strides& t, int64_t head) { return (head / nh) * t.batch + (head % nh) * t.head; };
   // Query tiles: 64 rows, fewer when that leaves threads idle (short sequences, few heads).
   int tq = 64;
   while (tq > RB && bh * ((s.nq + tq - 1) / tq) < 4 * threads) tq /= 2;
@@ -1089,7 +1104,7 @@ int forward(const float* q, const float* k, const float* v, float* out, int64_t 
   const int64_t ntasks = bh + bh * tiles;
   g_pool.run(threads, static_cast<int>(ntasks), [&](int t, int slot) {
     if (t < bh) {
-      pack_head(q + in_head * t, k + kv_head * t, v + kv_head * t, s, heads[t], g_scratch[slot].pack);
+      pack_head(q + at(st[0], t), k + at(st[1], t), v + at(st[2], t), s, heads[t], g_scratch[slot].pack);
       packed[t].store(1, std::memory_order_release);
       return;
     }
@@ -1099,13 +1114,119 @@ int forward(const float* q, const float* k, const float* v, float* out, int64_t 
     }
     const int q0 = static_cast<int>((t - bh) % tiles) * tq;
     const int rows = std::min(tq, s.nq_pad - q0);
-    float* o = out + in_head * head;
+    float* o = out + at(st[3], head);
     if (heads[head].bad) {
       for (int i = q0; i < std::min(s.nq, q0 + rows); ++i)
-        for (int c = 0; c < s.d; ++c) o[static_cast<size_t>(i) * s.d + c] = NAN;
+        for (int c = 0; c < s.d; ++c) o[i * s.o_rs + c] = NAN;
       return;
     }
     attend_tile<DP>(heads[head], s, q0, rows, o, g_scratch[slot]);
+  });
+  return 0;
+}
+
+// ---- int8 linear: y = x W, x quantized per row on the fly, W per output column once ---------------------------
+// The same micro-kernel as Q K^T: x's rows play the queries, W's columns the keys, the input dim the head dim.
+
+struct LinearHeader {
+  int64_t magic, k_in, n_out, kp, np;
+};
+constexpr int64_t LINEAR_MAGIC = 0x6c696e3861626931LL + ATTN_ABI_VERSION;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+size_t linear_bytes(int64_t k_in, int64_t n_out) {
+  const int64_t kp = round_up(k_in, 32), np = round_up(n_out, KEY_PAD);
+  return align64(sizeof(LinearHeader)) + align64(sizeof(k_t) * kp * np) + align64(sizeof(float) * np) +
+         align64(sizeof(int32_t) * np);
+}
+
+struct LinearView {
+  const LinearHeader* h;
+  k_t* w;
+  float* ws;
+  int32_t* corr;
+};
+
+LinearView linear_view(void* packed) {
+  auto* p = static_cast<uint8_t*>(packed);
+  LinearView v;
+  v.h = reinterpret_cast<const LinearHeader*>(p);
+  const int64_t kp = v.h->kp, np = v.h->np;
+  p += align64(sizeof(LinearHeader));
+  v.w = reinterpret_cast<k_t*>(p);
+  p += align64(sizeof(k_t) * kp * np);
+  v.ws = reinterpret_cast<float*>(p);
+  p += align64(sizeof(float) * np);
+  v.corr = reinterpret_cast<int32_t*>(p);
+  return v;
+}
+
+void linear_pack(const float* w, int64_t k_in, int64_t n_out, void* packed) {
+  const int64_t kp = round_up(k_in, 32), np = round_up(n_out, KEY_PAD);
+  auto* hdr = static_cast<LinearHeader*>(packed);
+  *hdr = LinearHeader{LINEAR_MAGIC, k_in, n_out, kp, np};
+  LinearView v = linear_view(packed);
+  std::vector<k_t> col(kp);
+  const int kg = kg_of(static_cast<int>(kp));
+  for (int64_t j = 0; j < np; ++j) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < k_in && j < n_out; ++c) amax = std::max(amax, std::fabs(w[c * n_out + j]));
+    const float sc = amax > 0.0f ? amax / 127.0f : 1.0f;
+    int32_t sum = 0;
+    for (int64_t c = 0; c < kp; ++c) {
+      const float x = (j < n_out && c < k_in) ? w[c * n_out + j] / sc : 0.0f;
+      const int xi = static_cast<int>(std::nearbyint(std::max(-127.0f, std::min(127.0f, x))));
+      col[c] = static_cast<k_t>(xi);
+      sum += xi;
+    }
+    for (int64_t c = 0; c < kp; c += kg)
+      std::memcpy(v.w + k_index(static_cast<int>(j), static_cast<int>(c), static_cast<int>(kp)), col.data() + c,
+                  sizeof(k_t) * kg);
+    v.ws[j] = j < n_out ? sc : 0.0f;
+    v.corr[j] = Q_OFFSET ? 128 * sum : 0;
+  }
+}
+
+int linear(const float* x, int64_t m, int64_t x_rs, void* packed, float* y, int64_t y_rs, int threads) {
+  LinearView lv = linear_view(packed);
+  if (lv.h->magic != LINEAR_MAGIC) return 4;
+  const int kp = static_cast<int>(lv.h->kp), np = static_cast<int>(lv.h->np);
+  const int k_in = static_cast<int>(lv.h->k_in), n_out = static_cast<int>(lv.h->n_out);
+  constexpr int ROWS = 4 * RB;  // rows per task
+  const int tasks = static_cast<int>((m + ROWS - 1) / ROWS);
+  threads = std::max(1, std::min(threads, tasks));
+  if (static_cast<int>(g_scratch.size()) < threads) g_scratch.resize(threads);
+  g_pool.run(threads, tasks, [&](int t, int slot) {
+    Scratch& w = g_scratch[slot];
+    w.pack.buf.resize(kp);
+    w.xq.resize(static_cast<size_t>(RB) * kp);
+    w.S.resize(static_cast<size_t>(RB) * np);
+    float xs[RB];
+    for (int64_t r0 = static_cast<int64_t>(t) * ROWS; r0 < std::min<int64_t>(m, (t + 1) * ROWS); r0 += RB) {
+      bool nonfinite[RB] = {};
+      for (int r = 0; r < RB; ++r) {
+        q_t* dst = w.xq.data() + static_cast<size_t>(r) * kp;
+        if (r0 + r >= m) {
+          std::memset(dst, Q_OFFSET ? 128 : 0, sizeof(q_t) * kp);
+          xs[r] = 0.0f;
+          continue;
+        }
+        vf bad = vf{};
+        const float* row = padded_row(x + (r0 + r) * x_rs, k_in, kp, w.pack.buf.data());
+        const float amax = hmax(row_amax(row, kp, bad));
+        nonfinite[r] = hall(~(bad != 0.0f)) != -1;
+        xs[r] = amax > 0.0f ? amax / 127.0f : 1.0f;
+        quantize_q(row, xs[r], kp, dst);
+      }
+      qk_block_dyn(w.xq.data(), kp, lv.w, np, w.S.data(), np);
+      for (int r = 0; r < RB && r0 + r < m; ++r) {
+        float* out = y + (r0 + r) * y_rs;
+        const int32_t* Sr = w.S.data() + static_cast<size_t>(r) * np;
+        const float sx = nonfinite[r] ? NAN : xs[r];
+        for (int j = 0; j < n_out; ++j) out[j] = static_cast<float>(Sr[j] - lv.corr[j]) * (sx * lv.ws[j]);
+      }
+    }
   });
   return 0;
 }
@@ -1129,19 +1250,22 @@ const char* attn_int8_error(int code) {
     case 1: return "head_dim must be between 1 and 256";
     case 2: return "sizes must be positive (batch*heads, n_q, n_k, rows per scale) and fit 32-bit indices";
     case 3: return "out of memory for the packed Q/K/V";
+    case 4: return "not a packed weight of this library (attn_int8_linear_pack)";
+    case 5: return "the packed weight buffer must be 64-byte aligned";
     default: return "unknown error";
   }
 }
 
-// softmax(Q K^T * scale) V for contiguous float32 q [bh, n_q, d], k and v [bh, n_k, d] into out [bh, n_q, d].
-// q_rows / k_rows: tokens sharing one Q / K scale (1: per token). causal: query i attends keys j <= i.
-// threads: worker threads including the caller. Returns 0 or an error code (attn_int8_error).
-// Thread-safe: concurrent calls run one after another.
-int attn_int8_forward(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t n_q,
-                      int64_t n_k, int64_t head_dim, int64_t q_rows, int64_t k_rows, int causal, int threads,
-                      float scale) {
+// softmax(Q K^T * scale) V. q [b, h, n_q, d], k and v [b, h, n_k, d], out [b, h, n_q, d], float32 with d
+// contiguous; `strides`: 12 element strides (batch, head, token) of q, k, v, out, so views (a fused QKV
+// projection's output, heads interleaved in tokens) need no copy. q_rows / k_rows: tokens sharing one Q / K
+// scale (1: per token). causal: query i attends keys j <= i. threads: worker threads including the caller.
+// Returns 0 or an error code (attn_int8_error). Thread-safe: concurrent calls run one after another.
+int attn_int8_attention(const float* q, const float* k, const float* v, float* out, const int64_t* strides,
+                        int64_t b, int64_t h, int64_t n_q, int64_t n_k, int64_t head_dim, int64_t q_rows,
+                        int64_t k_rows, int causal, int threads, float scale) {
   if (head_dim < 1 || head_dim > 256) return 1;
-  if (bh < 1 || n_q < 1 || n_k < 1 || n_q > (1 << 28) || n_k > (1 << 28) || bh > (1 << 24)) return 2;
+  if (b < 1 || h < 1 || n_q < 1 || n_k < 1 || n_q > (1 << 28) || n_k > (1 << 28) || b * h > (1 << 24)) return 2;
   if (q_rows < 1 || k_rows < 1) return 2;
   Shape s;
   s.nq = static_cast<int>(n_q);
@@ -1151,13 +1275,51 @@ int attn_int8_forward(const float* q, const float* k, const float* v, float* out
   s.nk_pad = (s.nk + KEY_PAD - 1) / KEY_PAD * KEY_PAD;
   s.q_rows = static_cast<int>(std::min<int64_t>(q_rows, n_q));
   s.k_rows = static_cast<int>(std::min<int64_t>(k_rows, n_k));
+  s.q_rs = strides[2];
+  s.k_rs = strides[5];
+  s.v_rs = strides[8];
+  s.o_rs = strides[11];
   s.causal = causal ? 1 : 0;
   s.scale = scale;
+  const Strides st[4] = {{strides[0], strides[1], strides[2]}, {strides[3], strides[4], strides[5]},
+                         {strides[6], strides[7], strides[8]}, {strides[9], strides[10], strides[11]}};
   std::lock_guard<std::mutex> lock(g_call_mu);
-  if (head_dim <= 32) return forward<32>(q, k, v, out, bh, s, threads);
-  if (head_dim <= 64) return forward<64>(q, k, v, out, bh, s, threads);
-  if (head_dim <= 128) return forward<128>(q, k, v, out, bh, s, threads);
-  return forward<256>(q, k, v, out, bh, s, threads);
+  if (head_dim <= 32) return forward<32>(q, k, v, out, b, h, st, s, threads);
+  if (head_dim <= 64) return forward<64>(q, k, v, out, b, h, st, s, threads);
+  if (head_dim <= 128) return forward<128>(q, k, v, out, b, h, st, s, threads);
+  return forward<256>(q, k, v, out, b, h, st, s, threads);
+}
+
+// The same for contiguous [bh, n, d] tensors.
+int attn_int8_forward(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t n_q,
+                      int64_t n_k, int64_t head_dim, int64_t q_rows, int64_t k_rows, int causal, int threads,
+                      float scale) {
+  const int64_t sq = n_q * head_dim, sk = n_k * head_dim;
+  const int64_t strides[12] = {sq, sq, head_dim, sk, sk, head_dim, sk, sk, head_dim, sq, sq, head_dim};
+  return attn_int8_attention(q, k, v, out, strides, 1, bh, n_q, n_k, head_dim, q_rows, k_rows, causal, threads,
+                             scale);
+}
+
+// Bytes of a packed int8 weight for y = x W with W [k_in, n_out] (float32, row-major).
+int64_t attn_int8_linear_bytes(int64_t k_in, int64_t n_out) {
+  if (k_in < 1 || n_out < 1 || k_in > (1 << 20) || n_out > (1 << 24)) return -1;
+  return static_cast<int64_t>(linear_bytes(k_in, n_out));
+}
+
+// Quantizes W [k_in, n_out] to int8 per output column into `packed` (attn_int8_linear_bytes, 64-byte aligned).
+int attn_int8_linear_pack(const float* w, int64_t k_in, int64_t n_out, void* packed) {
+  if (attn_int8_linear_bytes(k_in, n_out) < 0) return 2;
+  if (reinterpret_cast<uintptr_t>(packed) % 64) return 5;
+  linear_pack(w, k_in, n_out, packed);
+  return 0;
+}
+
+// y [m, n_out] (row stride y_rs) = x [m, k_in] (row stride x_rs) W: rows of x quantized to int8 per row,
+// integer dot products into int32, scaled to float. A row with NaN or infinity gives a NaN row.
+int attn_int8_linear(const float* x, int64_t m, int64_t x_rs, void* packed, float* y, int64_t y_rs, int threads) {
+  if (m < 1 || m > (1 << 28)) return 2;
+  std::lock_guard<std::mutex> lock(g_call_mu);
+  return linear(x, m, x_rs, packed, y, y_rs, threads);
 }
 
 }  // extern "C"
