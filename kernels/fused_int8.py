@@ -38,7 +38,10 @@ from typing import Any, Mapping
 SOURCE = Path(__file__).resolve().parent / "native" / "int8_attention.cpp"
 LIBRARY = "libattn_int8.so"
 ABI_VERSION = 1
-COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-pthread")
+# libstdc++ linked in: the library then loads on a device whose libstdc++ is older than the compiler's, and
+# nothing but C types crosses its ABI.
+COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-pthread",
+                "-static-libstdc++", "-static-libgcc")
 BUILD_TIMEOUT_S = 300.0
 FORCE_ENV = "HARNESS_INT8_BACKEND"
 CACHE_ENV = "HARNESS_NATIVE_CACHE"
@@ -138,29 +141,41 @@ def cache_root(workdir: str | None) -> Path:
 class Compiler:
     path: str
     version: str  # the first line of `--version`
+    target: str = ""  # `-dumpmachine`, e.g. aarch64-linux-gnu
+
+
+def compiler_candidates(arch: str) -> list[str]:
+    """$CXX, then the usual names, then the cross compiler named for `arch` (an emulated aarch64 device
+    running on an x86 host finds the host's aarch64-linux-gnu-g++, whose output it can load)."""
+    return [os.environ.get("CXX") or "", "c++", "g++", "clang++", f"{arch}-linux-gnu-g++"]
 
 
 @functools.lru_cache(maxsize=4)
 def find_compiler(cxx: str | None = None) -> Compiler | None:
-    """The device's C++ compiler ($CXX, else c++, g++, clang++ on PATH) and its version, or None."""
-    names = [cxx] if cxx else [os.environ.get("CXX") or "", "c++", "g++", "clang++"]
-    for name in names:
+    """A C++ compiler that builds for this machine's architecture, with its version, or None."""
+    arch = normalize_arch(None)
+    for name in ([cxx] if cxx else compiler_candidates(arch)):
         path = shutil.which(name) if name else None
         if not path:
             continue
         try:
-            proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            target = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if proc.returncode == 0 and proc.stdout.strip():
-            return Compiler(path, proc.stdout.strip().splitlines()[0])
+        machine = target.stdout.strip()
+        if version.returncode or not version.stdout.strip():
+            continue
+        if machine and normalize_arch(machine.split("-")[0]) != arch:
+            continue  # a compiler for another machine (the host's, seen from an emulated device)
+        return Compiler(path, version.stdout.strip().splitlines()[0], machine)
     return None
 
 
 def build_key(backend: Backend, compiler: Compiler, source: bytes) -> str:
     """16 hex digits naming one build: source, compiler identity, flags and ABI version."""
     h = hashlib.sha256()
-    for part in (source, compiler.path.encode(), compiler.version.encode(),
+    for part in (source, compiler.path.encode(), compiler.version.encode(), compiler.target.encode(),
                  json.dumps([backend.macro, *backend.flags, *COMMON_FLAGS, ABI_VERSION]).encode()):
         h.update(len(part).to_bytes(8, "big") + part)
     return h.hexdigest()[:16]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -339,8 +340,10 @@ def test_a_failed_build_is_remembered_and_the_case_runs_eager_saying_why(tmp_pat
     calls = tmp_path / "calls"
     fake = tmp_path / "bin" / "c++"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho x >> {calls}\n"
+    fake.write_text("#!/bin/sh\n"
                     "if [ \"$1\" = --version ]; then echo 'fake c++ 1.0'; exit 0; fi\n"
+                    f"if [ \"$1\" = -dumpmachine ]; then echo {platform.machine()}-linux-gnu; exit 0; fi\n"
+                    f"echo x >> {calls}\n"
                     "echo 'error: this compiler compiles nothing' >&2; exit 1\n")
     fake.chmod(0o755)
     compiler = fused_int8.find_compiler(str(fake))
@@ -348,7 +351,7 @@ def test_a_failed_build_is_remembered_and_the_case_runs_eager_saying_why(tmp_pat
     for _ in range(2):
         with pytest.raises(fused_int8.BuildError, match="compiles nothing"):
             fused_int8.ensure_built(fused_int8.BACKENDS["scalar"], root, compiler)
-    assert len(calls.read_text().splitlines()) == 2  # --version once, the compile once: not retried
+    assert len(calls.read_text().splitlines()) == 1  # compiled once: the failure is not retried
     assert not [p for p in root.iterdir() if p.name.startswith(".build")]
     # Through the kernel: no usable compiler on the device -> the eager route, and details say so.
     monkeypatch.setenv("PATH", str(fake.parent))
@@ -401,3 +404,16 @@ def test_the_int8_linear_matches_float64_and_keeps_nan_rows_nan(built, backend: 
     x[5, 17] = np.nan
     y = kern.linear(x, kern.pack_linear(w), threads=2)
     assert torch.isnan(y[5]).all() and torch.isfinite(y[torch.arange(37) != 5]).all()
+
+
+def test_a_compiler_for_another_machine_is_not_taken(tmp_path) -> None:
+    """An emulated aarch64 device sees the x86 host's c++ on its PATH: its output would not load there."""
+    other = "riscv64" if platform.machine() != "riscv64" else "x86_64"
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\n"
+                    "if [ \"$1\" = --version ]; then echo 'cross c++ 1.0'; exit 0; fi\n"
+                    f"if [ \"$1\" = -dumpmachine ]; then echo {other}-linux-gnu; exit 0; fi\nexit 1\n")
+    fake.chmod(0o755)
+    assert fused_int8.find_compiler(str(fake)) is None
+    native = fused_int8.find_compiler()
+    assert native is not None and fused_int8.normalize_arch(native.target.split("-")[0]) == platform.machine()
