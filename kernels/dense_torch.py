@@ -161,6 +161,7 @@ def fused_kernel(ctx: Context) -> tuple[fused_int8.FusedInt8 | None, dict[str, A
     except fused_int8.BuildError as exc:
         return None, {"int8_backend": "eager", "int8_backend_reason": f"fused kernel unavailable: {exc}"}
     meta: dict[str, Any] = {"int8_backend": name, "int8_dot": kernel.backend.dot, "int8_p": kernel.p_format,
+                            "int8_threads": "torch's OpenMP threads" if kernel.threading == "openmp" else "own pool",
                             "int8_build": {"compiler": kernel.compiler.version if kernel.compiler else None,
                                            "library": kernel.path.parent.name}}
     if forced:

@@ -28,8 +28,10 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,23 +174,55 @@ def find_compiler(cxx: str | None = None) -> Compiler | None:
     return None
 
 
-def build_key(backend: Backend, compiler: Compiler, source: bytes) -> str:
-    """16 hex digits naming one build: source, compiler identity, flags and ABI version."""
+def build_key(backend: Backend, compiler: Compiler, source: bytes, openmp: Path | None = None) -> str:
+    """16 hex digits naming one build: source, compiler identity, flags, ABI version, OpenMP runtime."""
     h = hashlib.sha256()
+    runtime = f"{openmp}:{openmp.stat().st_size}" if openmp else ""
     for part in (source, compiler.path.encode(), compiler.version.encode(), compiler.target.encode(),
-                 json.dumps([backend.macro, *backend.flags, *COMMON_FLAGS, ABI_VERSION]).encode()):
+                 json.dumps([backend.macro, *backend.flags, *COMMON_FLAGS, ABI_VERSION, runtime]).encode()):
         h.update(len(part).to_bytes(8, "big") + part)
     return h.hexdigest()[:16]
 
 
-def compile_command(backend: Backend, compiler: Compiler, source: Path, output: Path) -> list[str]:
-    return [compiler.path, *COMMON_FLAGS, f"-D{backend.macro}", *backend.flags, str(source), "-o", str(output)]
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime torch loaded into this process (libgomp, libiomp5 or libomp), or None.
+
+    Linking the kernel against that very file makes its threads torch's: one pool for both. Two pools on
+    the same cores (the kernel's and torch's OpenMP team, which spins for a while after every parallel op)
+    steal cores from each other; measured on 2 cores, SDPA called right after a kernel with its own pool ran
+    2-15x slower.
+    """
+    if "torch" not in sys.modules:
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if re.match(r"lib(gomp|iomp5|omp)([-.][^/]*)?\.so", os.path.basename(path)) and os.path.isfile(path):
+            return Path(path)
+    return None
 
 
-def ensure_built(backend: Backend, root: Path, compiler: Compiler) -> Path:
+def build_commands(backend: Backend, compiler: Compiler, source: Path, output: Path,
+                   openmp: Path | None) -> list[list[str]]:
+    """Compiler invocations building `output`. With an OpenMP runtime: compile with -fopenmp, then link that
+    runtime by path (no -fopenmp at link time, which would pull in the compiler's own libgomp)."""
+    flags = [*COMMON_FLAGS, f"-D{backend.macro}", *backend.flags]
+    if openmp is None:
+        return [[compiler.path, *flags, str(source), "-o", str(output)]]
+    obj = output.with_suffix(".o")
+    compile_flags = [f for f in flags if f not in ("-shared", "-static-libstdc++", "-static-libgcc")]
+    return [[compiler.path, *compile_flags, "-fopenmp", "-DATTN_OPENMP", "-c", str(source), "-o", str(obj)],
+            [compiler.path, "-shared", "-fPIC", "-pthread", "-static-libstdc++", "-static-libgcc", str(obj),
+             str(openmp), f"-Wl,-rpath,{openmp.parent}", "-o", str(output)]]
+
+
+def ensure_built(backend: Backend, root: Path, compiler: Compiler, openmp: Path | None = None) -> Path:
     """The library for `backend`, compiled into the cache under `root` unless it is there already."""
     source = SOURCE.read_bytes()
-    key = build_key(backend, compiler, source)
+    key = build_key(backend, compiler, source, openmp)
     final = root / f"{backend.name}-{key}"
     lib = final / LIBRARY
     if lib.is_file():
@@ -200,19 +234,25 @@ def ensure_built(backend: Backend, root: Path, compiler: Compiler) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{backend.name}-", dir=root))
     try:
-        cmd = compile_command(backend, compiler, SOURCE, tmp / LIBRARY)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-            log, rc = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired:
-            log, rc = f"compiler did not finish within {BUILD_TIMEOUT_S:g} s", -1
+        cmds = build_commands(backend, compiler, SOURCE, tmp / LIBRARY, openmp)
+        log, rc = "", 0
+        for cmd in cmds:
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+                log, rc = log + proc.stdout + proc.stderr, proc.returncode
+            except subprocess.TimeoutExpired:
+                log, rc = log + f"compiler did not finish within {BUILD_TIMEOUT_S:g} s", -1
+            if rc != 0:
+                break
         if rc != 0:
             marker = tmp / "failed"
-            marker.write_text(f"{' '.join(cmd)}\nexit {rc}\n{log}")
+            marker.write_text("\n".join(" ".join(c) for c in cmds) + f"\nexit {rc}\n{log}")
             os.replace(marker, failed)  # atomic: a reader sees all of it or nothing
             raise BuildError(f"compiling the {backend.name} back end failed (exit {rc}): {log.strip()[-600:]}")
-        (tmp / "build.json").write_text(json.dumps({"command": cmd, "compiler": compiler.version, "key": key,
-                                                    "backend": backend.name}, indent=1))
+        (tmp / LIBRARY).with_suffix(".o").unlink(missing_ok=True)
+        (tmp / "build.json").write_text(json.dumps({"commands": cmds, "compiler": compiler.version, "key": key,
+                                                    "backend": backend.name,
+                                                    "openmp": str(openmp) if openmp else None}, indent=1))
         try:
             os.rename(tmp, final)
         except OSError:
@@ -236,6 +276,7 @@ class FusedInt8:
         lib.attn_int8_error.restype = ctypes.c_char_p
         lib.attn_int8_error.argtypes = [ctypes.c_int]
         lib.attn_int8_abi.restype = ctypes.c_int
+        lib.attn_int8_threading.restype = ctypes.c_char_p
         ptr, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         lib.attn_int8_attention.argtypes = [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64,
                                             i64, c_int, c_int, ctypes.c_float]
@@ -250,6 +291,7 @@ class FusedInt8:
             raise BuildError(f"{lib_path} is not the {backend.name} library of ABI {ABI_VERSION}")
         self._lib = lib
         self.p_format = lib.attn_int8_p_format().decode()
+        self.threading = lib.attn_int8_threading().decode()
 
     def _check(self, rc: int) -> None:
         if rc:
@@ -335,10 +377,18 @@ def load(name: str, workdir: str | None = None) -> FusedInt8:
     if compiler is None:
         raise BuildError("no C++ compiler on this device (looked for $CXX, c++, g++, clang++); "
                          "install g++ to build the fused kernel")
-    lib = ensure_built(backend, root, compiler)
-    try:
-        kernel = FusedInt8(backend, lib, compiler)
-    except OSError as exc:
-        raise BuildError(f"loading {lib} failed: {exc}") from exc
+    kernel = None
+    openmp = openmp_runtime()
+    if openmp is not None:
+        try:
+            kernel = FusedInt8(backend, ensure_built(backend, root, compiler, openmp), compiler)
+        except (BuildError, OSError):
+            kernel = None  # e.g. no omp.h for this compiler, or an older runtime: the own pool still works
+    if kernel is None:
+        lib = ensure_built(backend, root, compiler)
+        try:
+            kernel = FusedInt8(backend, lib, compiler)
+        except OSError as exc:
+            raise BuildError(f"loading {lib} failed: {exc}") from exc
     _LOADED[(name, str(root))] = kernel
     return kernel

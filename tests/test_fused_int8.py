@@ -311,7 +311,9 @@ def test_the_build_lands_in_the_devices_workdir_keyed_by_source_compiler_and_fla
     assert kern.path.parent.parent == tmp_path / "work" / "native"
     info = json.loads((kern.path.parent / "build.json").read_text())
     compiler = fused_int8.find_compiler()
-    assert info["key"] == fused_int8.build_key(fused_int8.BACKENDS["scalar"], compiler, fused_int8.SOURCE.read_bytes())
+    openmp = Path(info["openmp"]) if info["openmp"] else None
+    assert info["key"] == fused_int8.build_key(fused_int8.BACKENDS["scalar"], compiler, fused_int8.SOURCE.read_bytes(),
+                                               openmp)
     other = fused_int8.Compiler(compiler.path, compiler.version + " (another build)")
     assert fused_int8.build_key(fused_int8.BACKENDS["scalar"], other, b"x") != fused_int8.build_key(
         fused_int8.BACKENDS["scalar"], compiler, b"x")

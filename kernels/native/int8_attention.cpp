@@ -46,6 +46,9 @@
 #if defined(ATTN_NEON_DOT) || defined(ATTN_NEON)
 #include <arm_neon.h>
 #endif
+#if defined(ATTN_OPENMP)
+#include <omp.h>
+#endif
 
 #define ATTN_ABI_VERSION 1
 
@@ -1058,6 +1061,27 @@ struct Arena {
 
 std::mutex g_call_mu;  // one call at a time per process: the pool and the arena are shared
 Pool g_pool;
+
+// Runs fn(task, slot) for every task on `threads` threads (slot < threads names the thread's scratch).
+// Built with ATTN_OPENMP (the loader links the OpenMP runtime torch itself loaded), the threads are
+// torch's: one pool for both, so neither spins on cores the other needs; otherwise the pool above.
+void parallel_run(int threads, int ntasks, const std::function<void(int, int)>& fn) {
+#if defined(ATTN_OPENMP)
+  threads = std::max(1, std::min(threads, ntasks));
+  if (threads == 1) {
+    for (int t = 0; t < ntasks; ++t) fn(t, 0);
+    return;
+  }
+  std::atomic<int> next{0};
+#pragma omp parallel num_threads(threads)
+  {
+    const int slot = omp_get_thread_num();
+    for (int t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) fn(t, slot);
+  }
+#else
+  g_pool.run(threads, ntasks, fn);
+#endif
+}
 Arena g_arena;
 std::vector<Scratch> g_scratch;
 
@@ -1104,7 +1128,7 @@ int forward(const float* q, const float* k, const float* v, float* out, int64_t 
   std::unique_ptr<std::atomic<int>[]> packed(new std::atomic<int>[bh]);
   for (int64_t i = 0; i < bh; ++i) packed[i].store(0);
   const int64_t ntasks = bh + bh * tiles;
-  g_pool.run(threads, static_cast<int>(ntasks), [&](int t, int slot) {
+  parallel_run(threads, static_cast<int>(ntasks), [&](int t, int slot) {
     if (t < bh) {
       pack_head(q + at(st[0], t), k + at(st[1], t), v + at(st[2], t), s, heads[t], g_scratch[slot].pack);
       packed[t].store(1, std::memory_order_release);
@@ -1199,7 +1223,7 @@ int linear(const float* x, int64_t m, int64_t x_rs, void* packed, float* y, int6
   const int tasks = static_cast<int>((m + ROWS - 1) / ROWS);
   threads = std::max(1, std::min(threads, tasks));
   if (static_cast<int>(g_scratch.size()) < threads) g_scratch.resize(threads);
-  g_pool.run(threads, tasks, [&](int t, int slot) {
+  parallel_run(threads, tasks, [&](int t, int slot) {
     Scratch& w = g_scratch[slot];
     w.pack.buf.resize(kp);
     w.xq.resize(static_cast<size_t>(RB) * kp);
@@ -1238,6 +1262,15 @@ int linear(const float* x, int64_t m, int64_t x_rs, void* packed, float* y, int6
 extern "C" {
 
 const char* attn_int8_backend(void) { return ATTN_BACKEND_NAME; }
+
+// Whose threads run the work: "openmp" (the runtime the library was linked against) or "pool" (its own).
+const char* attn_int8_threading(void) {
+#if defined(ATTN_OPENMP)
+  return "openmp";
+#else
+  return "pool";
+#endif
+}
 
 int attn_int8_abi(void) { return ATTN_ABI_VERSION; }
 
