@@ -134,6 +134,18 @@ def test_built_libraries_use_the_instructions_their_back_end_names(built) -> Non
             assert "zmm" not in text and "vpdpbusd" not in text, f"{name} must run on CPUs without AVX-512"
 
 
+def test_the_avx_vnni_back_end_builds_with_vex_instructions_only(tmp_path) -> None:
+    """This CPU may lack AVX-VNNI (Zen 4 has AVX512-VNNI only): its code path runs here as `avxvnni_evex`
+    (the same source with the EVEX form of vpdpbusd); the VEX build itself is checked for what it contains."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed")
+    lib = fused_int8.ensure_built(fused_int8.BACKENDS["avxvnni"], tmp_path, fused_int8.find_compiler())
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "{vex} vpdpbusd" in text and "zmm" not in text
+
+
 # ---- aarch64 back ends under qemu-user -----------------------------------------------------------------------
 
 AARCH64_CXX = "aarch64-linux-gnu-g++"
@@ -284,11 +296,11 @@ def test_default_int8_holds_cosine_on_minilm_activations() -> None:
 
 
 def test_int8_on_keys_with_outlier_channels_keeps_its_measured_floor() -> None:
-    """Measured 0.99919 at L=2048 (0.99910 at 4096): four K channels at 8x the others set every per-token K
-    scale, so the rest get few levels. Moving those channels' range into Q (SmoothQuant-style, per head)
-    would lift it to ~0.9998 in a float64 simulation."""
+    """Four K channels at 8x the others: without channel balancing every per-token K scale follows them and
+    the other channels get few levels (0.99919 at L=2048); with it (their range moved into Q) 0.99979 at
+    L=2048, 0.99975 at 4096. What remains is V per channel and Q/K per token; int16 V would lift it further."""
     acc, _, _ = run_case(dict(precision="int8", seq_len=2048, heads=4, inputs="k_outliers"))
-    assert acc["cos_sim"] >= 0.9990, acc
+    assert acc["cos_sim"] >= 0.9996, acc
 
 
 def test_the_worker_stores_which_back_end_ran(tmp_path) -> None:
