@@ -1,6 +1,6 @@
 // Fused int8 attention for CPUs: one tiled online-softmax algorithm with ISA back ends.
 //
-// softmax(Q K^T * scale) V for contiguous float32 [BH, L, D] tensors, computed as:
+// softmax(Q K^T * scale) V for float32 [B, H, L, D] tensors (any strides, head_dim contiguous), computed as:
 //   - K smoothed (its mean over tokens subtracted: softmax ignores the per-query constant this removes),
 //     Q and K channels balanced (Q diag(s), diag(1/s) K^T: exact), Q and K quantized to int8 per token, V
 //     per channel;
@@ -24,7 +24,8 @@
 //   ATTN_NEON          aarch64 without it (Cortex-A72): widening s8 multiplies for Q K^T, s16 P x s16 V
 //   ATTN_SCALAR        plain C++ over the same integer math (the compiler may vectorize it)
 // A NaN or infinity anywhere in a head's Q, K or V makes that head's output NaN: quantizing would
-// otherwise turn it into finite numbers.
+// otherwise turn it into finite numbers. The same micro-kernels give an int8 linear (y = x W, x per row,
+// W per output column) for the projections of an attention block.
 
 #include <algorithm>
 #include <atomic>
