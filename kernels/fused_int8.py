@@ -6,14 +6,17 @@ plain shared library called through ctypes on the tensors' data pointers. Why no
 `torch.utils.cpp_extension`: a torch-free library compiles in about 4 s instead of about a minute (torch's
 headers), needs neither ninja nor the Python headers on a board, cannot break when the device's torch is
 upgraded (no C++ ABI coupling), and the same file cross-compiles for aarch64 into a standalone test driver
-run under qemu-user. A ctypes call costs a few microseconds and releases the GIL.
+run under qemu-user. A ctypes call costs a few microseconds and releases the GIL. Where torch has loaded an
+OpenMP runtime (libgomp in the PyPI wheels), the library is linked against that very file, so the kernel
+runs on torch's threads instead of a second pool competing with them (`openmp_runtime`); elsewhere it
+keeps a small pool of its own.
 
 Back ends (`BACKENDS`) are chosen from the probe's ISA flags (`choose_backend`): AVX512-VNNI, AVX-VNNI,
 AVX2, NEON with the dot product (Orin's A78AE), NEON without it (Pi 4's A72), scalar. `HARNESS_INT8_BACKEND`
 forces one (tests and benchmarks), or `eager` for the unfused `torch._int_mm` route.
 
 The build cache lives in the device's workdir (`<workdir>/native/<backend>-<key>/`), keyed by a hash of
-the source, the compiler's identity and the back end's flags. A build happens in a private temporary
+the source, the compiler's identity, the back end's flags and the OpenMP runtime. A build happens in a private temporary
 directory renamed into place, so two processes compiling at once never see a half-written library: the
 first rename wins and the other's copy is discarded. A failed build leaves a `<backend>-<key>.failed` file
 with the compiler's output, so later cases do not retry it; a new compiler or source gets a new key.
