@@ -104,19 +104,15 @@ def test_results_do_not_depend_on_the_thread_count(built, backend: str) -> None:
 
 
 def test_scale_granularity_is_what_the_case_says(built) -> None:
-    """per_block (32 tokens a scale) matches the eager route's per_block quantization, and differs from
-    per-token: the kernel really uses the granularity it is given."""
-    from kernels.dense_torch import int8_qk_attention
-    from kernels.quant import quantize_int8_channels
-
+    """One loud query row in every other 32-token block: per-token scales do not care, per-block scales
+    ruin the quiet rows of those blocks only, one scale per tensor ruins them all."""
     kern = built[fused_int8.choose_backend(local_caps())]
     q, k, v = fresh_qkv((1, 2, 256, 64, False), 11)
-    vi, vs = quantize_int8_channels(v)
-    eager = int8_qk_attention(q, k, vi.float() * vs, quant="per_block")
-    block = kern.attention(q, k, v, rows_per_scale=(32, 32))
-    token = kern.attention(q, k, v, rows_per_scale=(1, 1))
-    assert accuracy(block, eager)["cos_sim"] > 0.9999995
-    assert accuracy(block, token)["cos_sim"] < 0.999999
+    q[:, :, 0::64] *= 300.0
+    ref = reference(q, k, v, False)
+    cos = {name: accuracy(kern.attention(q, k, v, rows_per_scale=rows), ref)["cos_sim"]
+           for name, rows in (("token", (1, 1)), ("block", (32, 32)), ("tensor", (256, 256)))}
+    assert cos["token"] >= COS_MIN and cos["token"] - cos["block"] > 1e-3 and cos["block"] - cos["tensor"] > 1e-3, cos
 
 
 def test_built_libraries_use_the_instructions_their_back_end_names(built) -> None:
