@@ -9,8 +9,11 @@ PIP     := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 # qemu-user runs the emulated aarch64 devices; iproute2 puts test devices behind real (namespaced) links.
+# g++ builds the fused int8 kernel (the controller's own `local` device compiles it on first use);
+# g++-aarch64-linux-gnu and qemu-user build and run its NEON back ends as an emulated Cortex-A76/A72.
 APT_ARM_PACKAGES := qemu-user-static
-APT_TEST_PACKAGES := openssh-server openssh-client chromium postgresql iproute2 $(APT_ARM_PACKAGES)
+APT_TEST_PACKAGES := openssh-server openssh-client chromium postgresql iproute2 g++ g++-aarch64-linux-gnu \
+	$(APT_ARM_PACKAGES)
 APT_INSTALL = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
@@ -32,8 +35,8 @@ endif
 
 install: $(VENV)/.installed
 
-# System packages the tests use: real OpenSSH servers, headless Chromium, a PostgreSQL server, qemu-user and
-# iproute2.
+# System packages the tests use: real OpenSSH servers, headless Chromium, a PostgreSQL server, C++ compilers,
+# qemu-user and iproute2.
 system-deps:
 	@$(call APT_INSTALL,$(APT_TEST_PACKAGES))
 

@@ -309,7 +309,7 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                                    "started_at": started, "finished_at": time.time()}, durable=True)
                     continue
             request = {"case": case, "measure": measure_cfg, "seed": plan.get("seed", 0), "caps": caps,
-                       "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown")}
+                       "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown"), "workdir": workdir}
             answer = worker.ask(request, timeout)
             if answer is None:
                 # EOF comes a moment before a killed worker can be reaped: `alive` alone would call it a timeout.

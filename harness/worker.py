@@ -6,7 +6,7 @@ reuses one worker across cases, so a sweep pays the torch import once, and start
 kills it. Runs on devices: standard library, numpy, psutil and torch only.
 
 A request: {"case": {...canonical case...}, "measure": {...MeasureConfig...}, "seed": 0,
-            "caps": {...}, "power": {...inventory power mapping...} | null}
+            "caps": {...}, "power": {...inventory power mapping...} | null, "workdir": str | null}
 An answer: {"status": "ok" | "failed" | "skipped", "error": str | null, "samples_ms": [...], ...}
 """
 
@@ -107,7 +107,7 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     device = "cuda" if caps.get("cuda_device") and torch.cuda.is_available() else "cpu"
     try:
         inputs = make_inputs(case, seed=int(request.get("seed", 0)))
-        built = kernel.build(case, inputs, Context(device=device, caps=caps))
+        built = kernel.build(case, inputs, Context(device=device, caps=caps, workdir=request.get("workdir")))
         first = built.fn()
         first = first.detach().to("cpu", torch.float64) if isinstance(first, torch.Tensor) else first
         test_slowdown = request.get("test_slowdown") or {}

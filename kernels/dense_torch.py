@@ -8,12 +8,14 @@ or with int8 weights through the quantized engine's integer GEMM (fbgemm / x86 /
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from . import fused_int8
 from .caps import INT8_DOT_FLAGS, has_int8_dot, is_x86
 from .inputs import AttnInputs
 from .quant import (dequantize_int4_groups, quantize_int4_groups, quantize_int8_channels,
@@ -138,30 +140,130 @@ def kv_int8_bytes(case: Mapping[str, Any], quant: str, n_keys: int | None = None
     return heads * (2 * n * case["head_dim"] + 4 * k_scales + 4 * case["head_dim"])
 
 
+def fused_kernel(ctx: Context) -> tuple[fused_int8.FusedInt8 | None, dict[str, Any]]:
+    """The fused int8 kernel's back end for this device, loaded (built on first use), or None and why not.
+
+    HARNESS_INT8_BACKEND forces a back end (one this CPU lacks is Unsupported, never faked) or `eager`.
+    """
+    try:
+        forced = fused_int8.forced_backend()
+    except fused_int8.BuildError as exc:
+        raise Unsupported(str(exc)) from None
+    if forced == fused_int8.EAGER:
+        return None, {"int8_backend": "eager", "int8_backend_reason": f"forced by {fused_int8.FORCE_ENV}"}
+    name = forced or fused_int8.choose_backend(ctx.caps)
+    if forced:
+        missing = fused_int8.backend_missing(name, ctx.caps)
+        if missing:
+            raise Unsupported(f"{fused_int8.FORCE_ENV}={name}: {missing}")
+    try:
+        kernel = fused_int8.load(name, ctx.workdir)
+    except fused_int8.BuildError as exc:
+        return None, {"int8_backend": "eager", "int8_backend_reason": f"fused kernel unavailable: {exc}"}
+    meta: dict[str, Any] = {"int8_backend": name, "int8_dot": kernel.backend.dot, "int8_p": kernel.p_format,
+                            "int8_threads": "torch's OpenMP threads" if kernel.threading == "openmp" else "own pool",
+                            "int8_build": {"compiler": kernel.compiler.version if kernel.compiler else None,
+                                           "library": kernel.path.parent.name}}
+    if forced:
+        meta["int8_backend_reason"] = f"forced by {fused_int8.FORCE_ENV}"
+    return kernel, meta
+
+
+def rows_per_scale(quant: str, n_q: int, n_k: int) -> tuple[int, int]:
+    """Tokens per Q and per K scale for a row-wise `quant` granularity."""
+    return {"per_token": (1, 1), "per_block": (Q_BLOCK, K_BLOCK), "per_tensor": (n_q, n_k)}[quant]
+
+
+def _time_once(fn: Callable[[], Any], calls: int = 3) -> float:
+    """Fastest of a few calls after one warm-up, in ms (a route choice on the device, not a measurement)."""
+    fn()
+    best = math.inf
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _eager_int8(case: Mapping[str, Any], ctx: Context, name: str) -> None:
+    if ctx.caps and not ctx.caps.get("torch_ops", {}).get("_int_mm", True):
+        raise Unsupported(f"{name}: the fused kernel is unavailable here and torch._int_mm is not in this torch "
+                          "build, so no int8 route remains")
+
+
 @register("dense", "int8", "torch",
-          requires=Requires(modules=("torch",), torch_ops=("_int_mm",), isa_any=INT8_DOT_FLAGS),
-          description="int8 QK^T via torch._int_mm (per-block scales, smoothed K), fp32 softmax, "
-                      "V held int8 per channel, P.V fp32")
+          requires=Requires(modules=("torch",), isa_any=INT8_DOT_FLAGS),
+          description="fused int8 attention (C++ built on the device, ISA back end chosen from the probe): int8 "
+                      "Q/K (K smoothed), int8 V per channel, fp32 online softmax, 16-bit P; the unfused "
+                      "torch._int_mm route where no compiler is present")
 def dense_int8(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) -> Built:
     require_cpu(ctx, "dense/int8/torch")
     quant = _int8_quant(case, "dense/int8/torch")
     q, k, v = to_device(inputs, ctx)
+    kernel, meta = fused_kernel(ctx)
+    n = case["seq_len"]
 
-    def fn() -> torch.Tensor:
+    def eager() -> torch.Tensor:
         vi, vs = quantize_int8_channels(v)  # V written to the int8 cache, read back for P.V
         return int8_qk_attention(q, k, vi.to(torch.float32) * vs, quant=quant)
-    return Built(fn, compute=f"QK^T int8 x int8 -> int32 (torch._int_mm, {quant} scales, K smoothed); "
-                             "softmax fp32; V int8 per-channel, dequantized; P.V fp32",
-                 bytes={"kv": kv_int8_bytes(case, quant)},
-                 meta={"int8_fast_path": int8_fast_path(ctx), "int8_route": "torch._int_mm"})
+    eager_compute = (f"QK^T int8 x int8 -> int32 (torch._int_mm, {quant} scales, K smoothed); softmax fp32; "
+                     "V int8 per-channel, dequantized; P.V fp32")
+    bytes_ = {"kv": kv_int8_bytes(case, quant)}
+    if kernel is None:
+        _eager_int8(case, ctx, "dense/int8/torch")
+        return Built(eager, compute=eager_compute, bytes=bytes_,
+                     meta={**meta, "int8_fast_path": int8_fast_path(ctx), "int8_route": "torch._int_mm"})
+    threads = torch.get_num_threads()
+    rows = rows_per_scale(quant, n, n)
+
+    def fused() -> torch.Tensor:
+        return kernel.attention(q, k, v, threads=threads, rows_per_scale=rows)
+    if kernel.backend.name in fused_int8.PORTABLE and not meta.get("int8_backend_reason"):
+        # No integer dot-product instruction: nothing measured says the portable back end beats the
+        # unfused route on every such CPU, so this device decides, on this case, once.
+        race = {kernel.backend.name: round(_time_once(fused), 3), "eager": round(_time_once(eager), 3)}
+        meta["int8_backend_race_ms"] = race
+        if race["eager"] < race[kernel.backend.name]:
+            return Built(eager, compute=eager_compute, bytes=bytes_,
+                         meta={**meta, "int8_backend": "eager", "int8_route": "torch._int_mm",
+                               "int8_backend_reason": f"the portable {kernel.backend.name} back end was slower "
+                                                      "on this device and case",
+                               "int8_fast_path": int8_fast_path(ctx)})
+    return Built(fused, compute=f"fused int8 kernel ({kernel.backend.name}): Q/K int8 {quant} (K smoothed), "
+                                f"QK^T {kernel.backend.dot}; fp32 online softmax (polynomial exp2); P {kernel.p_format}; "
+                                f"V int8 per channel; P.V {kernel.backend.dot}; keys in L1-sized chunks",
+                 bytes=bytes_, meta={**meta, "int8_fast_path": int8_fast_path(ctx), "int8_route": "fused"})
+
+
+# CPU features that run bf16 arithmetic natively (probe names). Without one, torch's bf16 matmul converts
+# to fp32 in software and runs at a fraction of fp32 speed (measured 0.32x of SDPA for the bf16 P.V route).
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def mixed_route(caps: Mapping[str, Any]) -> str:
+    """'bf16' where the CPU runs bf16 natively, else 'fused': P.V as 16-bit P x int8 V integer dot products."""
+    return "bf16" if set(caps.get("isa", ())).intersection(NATIVE_BF16) else "fused"
 
 
 @register("dense", "mixed", "torch",
-          requires=Requires(modules=("torch",), torch_ops=("_int_mm",), isa_any=INT8_DOT_FLAGS),
-          description="int8 QK^T via torch._int_mm, fp32 softmax, bf16 P.V (fp32 accumulate)")
+          requires=Requires(modules=("torch",), isa_any=INT8_DOT_FLAGS),
+          description="int8 QK^T, fp32 softmax, bf16 P.V where the CPU has native bf16; elsewhere the fused int8 "
+                      "kernel's 16-bit P x int8 V (a bf16 P.V would be slower than int8 there)")
 def dense_mixed(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) -> Built:
     require_cpu(ctx, "dense/mixed/torch")
     quant = _int8_quant(case, "dense/mixed/torch")
+    route = mixed_route(ctx.caps)
+    if route == "fused":
+        built = dense_int8(case, inputs, ctx)
+        if built.meta.get("int8_route") == "fused":
+            native = ", ".join(NATIVE_BF16)
+            built.meta["mixed_route"] = (f"fused int8: no native bf16 ({native}) on this CPU, so P.V runs as "
+                                         f"{built.meta['int8_p']} x int8 V integer dot products instead of bf16")
+            built.compute = "mixed without native bf16 -> " + built.compute
+            return built
+        # No fused kernel here: the bf16 route below is what remains.
+        route = "bf16"
+    _eager_int8(case, ctx, "dense/mixed/torch")
     q, k, v = to_device(inputs, ctx)
     vb = v.to(torch.bfloat16)
 
@@ -171,7 +273,9 @@ def dense_mixed(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) -> Bu
     return Built(fn, compute=f"QK^T int8 -> int32 (torch._int_mm, {quant} scales, K smoothed); softmax fp32; "
                              "P and V bf16, P.V bf16 matmul",
                  bytes={"kv": heads * case["seq_len"] * case["head_dim"] * 3},
-                 meta={"int8_fast_path": int8_fast_path(ctx), "int8_route": "torch._int_mm"})
+                 meta={"int8_fast_path": int8_fast_path(ctx), "int8_route": "torch._int_mm",
+                       "mixed_route": "bf16 P.V" + ("" if set(ctx.caps.get("isa", ())).intersection(NATIVE_BF16)
+                                                    else " (no fused kernel here; bf16 is emulated on this CPU)")})
 
 
 @register("dense", "int4", "torch", requires=Requires(modules=("torch",)),
@@ -236,11 +340,45 @@ def qengine_reduce_range(ctx: Context) -> bool:
 
 @register("dense", "int8", "torch", "block",
           requires=Requires(modules=("torch",), isa_any=INT8_DOT_FLAGS),
-          description="int8 weights (per-channel) x dynamically quantized u8 activations through the quantized "
-                      "engine's integer GEMM for the four projections; attention core SDPA fp32")
+          description="the fused int8 kernel's integer linear (activations per token, weights per output "
+                      "channel) for the Q/K/V (one GEMM) and output projections around its int8 attention core; "
+                      "the quantized engine's linear_dynamic with an SDPA fp32 core where no compiler is present")
 def dense_block_int8(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) -> Built:
     if ctx.device != "cpu":
-        raise Unsupported("dense/int8/torch/block uses the CPU quantized engine; run it on a CPU device")
+        raise Unsupported("dense/int8/torch/block runs on the CPU; run it on a CPU device")
+    assert inputs.x is not None and inputs.w is not None
+    kernel, meta = fused_kernel(ctx)
+    if kernel is None:
+        return _block_int8_qengine(case, inputs, ctx, meta)
+    quant = _int8_quant(case, "dense/int8/torch/block")
+    x = inputs.x.contiguous()
+    b, n, m = x.shape
+    h, d = case["heads"], case["head_dim"]
+    # One GEMM for the three input projections: x is quantized once and read once.
+    wqkv = kernel.pack_linear(torch.cat([inputs.w["wq"], inputs.w["wk"], inputs.w["wv"]], dim=1))
+    wo = kernel.pack_linear(inputs.w["wo"])
+    threads = torch.get_num_threads()
+    rows = rows_per_scale(quant, n, n)
+    # Workspaces reused across calls (the output is new each call). Views, no copies: Q/K/V heads straight
+    # out of the projection's rows, the core's output written in [B, L, H*D] for the output projection.
+    qkv = torch.empty(b * n, 3 * h * d)
+    attn = torch.empty(b, n, h * d)
+    q, k, v = (qkv.view(b, n, 3, h, d)[:, :, i].transpose(1, 2) for i in range(3))
+    attn_heads = attn.view(b, n, h, d).transpose(1, 2)
+
+    def fn() -> torch.Tensor:
+        kernel.linear(x.view(b * n, m), wqkv, threads=threads, out=qkv)
+        kernel.attention(q, k, v, threads=threads, rows_per_scale=rows, out=attn_heads)
+        return kernel.linear(attn.view(b * n, h * d), wo, threads=threads).view(b, n, m)
+    return Built(fn, compute=f"projections: activations int8 per token x weights int8 per output channel, "
+                             f"{kernel.backend.dot}, Q/K/V as one GEMM; core: fused int8 kernel "
+                             f"({kernel.backend.name}, {quant}, P {kernel.p_format})",
+                 bytes={"weights": wqkv.nbytes + wo.nbytes, "kv": kv_int8_bytes(case, quant)},
+                 meta={**meta, "int8_fast_path": int8_fast_path(ctx), "int8_route": "fused", "weight_bits": 8})
+
+
+def _block_int8_qengine(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context, meta: dict) -> Built:
+    """The block on torch's quantized engine (where the fused kernel cannot be built)."""
     if torch.backends.quantized.engine in (None, "none"):
         raise Unsupported("this torch build has no quantized engine (torch.backends.quantized.engine is none)")
     assert inputs.x is not None and inputs.w is not None
@@ -278,5 +416,5 @@ def dense_block_int8(case: Mapping[str, Any], inputs: AttnInputs, ctx: Context) 
     return Built(fn, compute=f"projections: u8 activations (dynamic per-tensor) x s8 per-channel weights "
                              f"({'7' if narrow else '8'}-bit) -> int32 in the '{engine}' quantized engine; SDPA fp32 core",
                  bytes={"weights": wbytes, "kv": 2 * b * n * h * d * 4},
-                 meta={"int8_fast_path": int8_fast_path(ctx), "int8_route": f"quantized.linear_dynamic ({engine})",
-                       "weight_bits": 7 if narrow else 8})
+                 meta={**meta, "int8_fast_path": int8_fast_path(ctx),
+                       "int8_route": f"quantized.linear_dynamic ({engine})", "weight_bits": 7 if narrow else 8})

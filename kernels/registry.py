@@ -61,10 +61,12 @@ class Requires:
 
 @dataclass
 class Context:
-    """Where a kernel runs: 'cpu' or 'cuda', and the device's capabilities (from the probe)."""
+    """Where a kernel runs: 'cpu' or 'cuda', the device's capabilities (from the probe), and the device's
+    workdir (where kernels compiled on the device are cached; None: ~/.cache/attn-harness)."""
 
     device: str = "cpu"
     caps: Mapping[str, Any] = field(default_factory=dict)
+    workdir: str | None = None
 
 
 @dataclass

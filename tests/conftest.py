@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build cache for the fused int8 kernel per test session (each back end compiles once, ~5 s), shared
+    with the agents and workers the tests start (they inherit the environment). Tests of the cache itself
+    unset it."""
+    path = tmp_path_factory.mktemp("native-cache")
+    old = os.environ.get("HARNESS_NATIVE_CACHE")
+    os.environ["HARNESS_NATIVE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HARNESS_NATIVE_CACHE", None)
+    else:
+        os.environ["HARNESS_NATIVE_CACHE"] = old
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -78,8 +78,8 @@ def test_include_never_changes_an_original_matrix_value_and_never_drops_a_case(m
 
 def test_canonical_case_fills_defaults_and_drops_knobs_that_do_not_apply():
     case = canonical_case({"precision": "int8", "window": 64})
-    assert case["variant"] == "dense" and "window" not in case and case["quant"] == "per_block"
-    assert case_hash(case) == case_hash(canonical_case({"precision": "int8", "quant": "per_block"}))
+    assert case["variant"] == "dense" and "window" not in case and case["quant"] == "per_token"
+    assert case_hash(case) == case_hash(canonical_case({"precision": "int8", "quant": "per_token"}))
 
 
 def test_shipped_matrices_expand(tmp_path):
