@@ -177,7 +177,10 @@ def test_two_cpu_burners_make_every_case_contended(home, db_url):
     figures = [r["cpu_other"] for r in rows]
     print("cpu_other with two burners:", figures)
     assert all(r["contended"] is True for r in rows), figures
-    assert all(f >= 0.5 for f in figures), figures
+    # Two burners and a one-thread worker on two CPUs: the scheduler usually leaves the worker a CPU of its own
+    # and the burners share the other, so others use half the capacity: at least 0.5 within the reading's
+    # resolution (two clock ticks per CPU over the window).
+    assert all(r["cpu_other"] >= 0.5 - r["details"]["contention"]["resolution"] for r in rows), figures
     assert "measured while other processes used the CPUs" in " ".join(proc.stderr.split())
     detail = rows[0]["details"]["contention"]
     assert detail["window_s"] > 0 and detail["runnable"] and detail["load1"]
