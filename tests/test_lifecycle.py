@@ -226,8 +226,11 @@ def test_a_database_that_fills_up_mid_run_fails_the_run_with_the_reason(home, tm
 
     url = f"sqlite:///{tmp_path / 'full.db'}"
     store = Store(url)
-    sweep = parse_matrix("name: full\nmatrix:\n  seq_len: [16, 32, 48, 64, 80, 96, 112, 128]\n" + QUICK_MEASURE,
-                         "<test>")
+    # 300 samples a case at least (2.4 KB of raw samples each): the capped pages run out within a few cases,
+    # however fast or loaded the machine is.
+    sweep = parse_matrix("name: full\nmatrix:\n  seq_len: [16, 32, 48, 64, 80, 96, 112, 128]\n"
+                         "measure: {warmup_s: 0.02, min_time_s: 0.05, min_samples: 300, max_time_s: 30, "
+                         "timeout_s: 60, min_sample_s: 0.0005}\n", "<test>")
     with store.Session() as s:
         pages = s.connection().exec_driver_sql("PRAGMA page_count").scalar()
     store.engine.dispose()
