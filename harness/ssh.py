@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import posixpath
-import re
 import select
 import shlex
 import socket

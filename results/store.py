@@ -47,6 +47,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from harness.safe_text import mask_url, redact, terminal
+from harness.lease import pid_alive
 from workloads.errors import DatabaseError, StoreError
 from workloads.spec import CASE_COLUMNS, case_hash
 from workloads.stats import summarize
@@ -737,7 +738,7 @@ def controller_alive(run: Run, now: datetime) -> str | None:
     """Why the run's controller counts as alive (for refusing --resume), or None when it is gone: its
     process alive on this host, or (any host) a heartbeat younger than HEARTBEAT_STALE_S."""
     if run.controller_host == socket.gethostname():
-        return "its process is alive" if run.controller_pid and _pid_alive(run.controller_pid) else None
+        return "its process is alive" if run.controller_pid and pid_alive(run.controller_pid) else None
     if run.heartbeat_at is not None:
         age = (now - run.heartbeat_at).total_seconds()
         if age < HEARTBEAT_STALE_S:
@@ -790,16 +791,6 @@ def _transient(exc: BaseException) -> bool:
         msg = str(orig).lower()
         return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _finite_json(o: Any) -> Any:

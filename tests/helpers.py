@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = [sys.executable, "-m", "harness"]
@@ -30,3 +32,26 @@ def harness(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     if check and proc.returncode != 0:
         raise AssertionError(f"harness {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wait_for(predicate: Any, timeout: float = 120.0, poll: float = 0.05) -> None:
+    """Poll `predicate` until it is true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError("condition not reached in time")
+
+
+def stored_count(db_url: str) -> int:
+    """Measurements stored in a SQLite database so far (0 while it or its schema does not exist yet)."""
+    from results.store import Store
+
+    path = Path(db_url.split("///", 1)[1])
+    if not path.exists():
+        return 0
+    try:
+        return sum(sum(r["counts"].values()) for r in Store(db_url, upgrade=False).list_runs())
+    except Exception:
+        return 0  # schema not created yet

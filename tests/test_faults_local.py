@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
-import pytest
 
-from helpers import HARNESS, REPO, harness, write_matrix
+from helpers import HARNESS, REPO, harness, stored_count, wait_for, write_matrix
 from results.exchange import export_rows
 from results.store import Store
 
@@ -26,26 +23,6 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(HARNESS + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _stored(db_url: str) -> int:
-    path = Path(db_url.split("///", 1)[1])
-    if not path.exists():
-        return 0
-    try:
-        return sum(Store(db_url, upgrade=False).status_counts(r["run_id"]).get(s, 0)
-                   for r in Store(db_url, upgrade=False).list_runs() for s in ("ok", "failed", "skipped", "timeout"))
-    except Exception:
-        return 0  # schema not created yet
-
-
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def _workers_of(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True)
             if "harness.worker" in " ".join(p.cmdline())]
@@ -54,7 +31,7 @@ def _workers_of(pid: int) -> list[psutil.Process]:
 def test_worker_killed_mid_case_fails_that_case_and_the_sweep_goes_on(home, db_url):
     matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32, 48, 64]\n", SLOW_MEASURE)
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    _wait_for(lambda: _stored(db_url) >= 1)
+    wait_for(lambda: stored_count(db_url) >= 1)
     time.sleep(0.4)  # the second case is measuring now
     workers = _workers_of(proc.pid)
     assert len(workers) == 1
@@ -83,7 +60,7 @@ def test_a_case_past_its_timeout_is_cut_off_and_recorded(home, db_url):
 def test_ctrl_c_keeps_stored_results_and_resume_stores_every_case_exactly_once(home, db_url):
     matrix = write_matrix(home / "m.yaml", FOUR_CASES, SLOW_MEASURE)
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    _wait_for(lambda: _stored(db_url) >= 2)
+    wait_for(lambda: stored_count(db_url) >= 2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helpers import HARNESS, REPO, harness, write_matrix
+from helpers import HARNESS, REPO, harness, stored_count, wait_for, write_matrix
 from results.exchange import export_rows
 from results.store import Store
 
@@ -33,24 +33,6 @@ def _start(args: list[str], **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(HARNESS + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
 
 
-def _stored(db_url: str) -> int:
-    path = Path(db_url.split("///", 1)[1])
-    if not path.exists():
-        return 0
-    try:
-        store = Store(db_url, upgrade=False)
-        return sum(sum(r["counts"].values()) for r in store.list_runs())
-    except Exception:
-        return 0  # schema not created yet
-
-
-def _wait_for(predicate: Any, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def harness_processes(home: Path) -> list[tuple[int, str]]:
@@ -93,7 +75,7 @@ def test_a_stop_signal_mid_sweep_interrupts_the_run_stops_the_agent_and_resume_s
         home, db_url, sig, code):
     matrix = write_matrix(home / "m.yaml", FOUR_CASES, SLOW_MEASURE)
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    _wait_for(lambda: _stored(db_url) >= 1)
+    wait_for(lambda: stored_count(db_url) >= 1)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
@@ -132,7 +114,7 @@ def test_timeout_the_command_ends_the_run_interrupted(home, db_url):
 def test_a_killed_controller_leaves_an_abandoned_run_that_resume_refuses_until_its_agent_is_stopped(home, db_url):
     matrix = write_matrix(home / "m.yaml", TEN_CASES, SLOW_MEASURE)
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    _wait_for(lambda: _stored(db_url) >= 1)
+    wait_for(lambda: stored_count(db_url) >= 1)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.wait(timeout=30)  # not communicate(): the orphan still holds the stderr pipe it inherited
     agents = [pid for pid, cmd in harness_processes(home) if "harness.agent" in cmd]
@@ -157,7 +139,7 @@ def test_a_killed_controller_leaves_an_abandoned_run_that_resume_refuses_until_i
 def test_resume_goes_ahead_once_the_orphaned_agent_has_finished_and_nothing_measures_twice(home, db_url):
     matrix = write_matrix(home / "m.yaml", FOUR_CASES, QUICK_MEASURE)
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    _wait_for(lambda: _stored(db_url) >= 1)
+    wait_for(lambda: stored_count(db_url) >= 1)
     proc.kill()
     proc.wait(timeout=30)
     assert _gone(home, timeout=120) == []  # the orphan measured the rest into its journal, then ended
@@ -198,7 +180,7 @@ def test_two_runs_on_one_device_take_turns_and_their_windows_never_overlap(home,
 def test_a_device_busy_past_the_wait_timeout_ends_busy_and_the_run_can_be_resumed(home, db_url):
     matrix = write_matrix(home / "m.yaml", TEN_CASES, SLOW_MEASURE)
     holder = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    _wait_for(lambda: _stored(db_url) >= 1)
+    wait_for(lambda: stored_count(db_url) >= 1)
     listed = " ".join(harness("devices", "list").stdout.split())
     holder_run = Store(db_url).list_runs()[0]["run_id"]
     assert f"run {holder_run} since" in listed  # who holds it

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+
 
 import pytest
 
-from helpers import HARNESS, REPO, write_matrix
+from helpers import HARNESS, REPO, stored_count, wait_for, write_matrix
 from results.exchange import export_rows
 from results.store import Store
 from sshd import Env, ssh_env, ssh_lab  # noqa: F401 (fixtures)
@@ -36,22 +36,6 @@ def _run(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=full, timeout=600)
 
 
-def _stored(env: Env) -> int:
-    if not (env.tmp / "results.db").exists():
-        return 0
-    try:
-        return sum(sum(r["counts"].values()) for r in Store(env.db_url, upgrade=False).list_runs())
-    except Exception:
-        return 0
-
-
-def _wait_for(predicate: Any, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def agents_in(workdir: Path) -> list[int]:
@@ -77,7 +61,7 @@ def test_sigterm_stops_the_agents_on_every_ssh_device_and_resume_stores_each_cas
     ssh_env.inventory()
     matrix = write_matrix(ssh_env.tmp / "m.yaml", SIX_CASES, SLOW_MEASURE)
     proc = _start(ssh_env, "run", "--devices", "pi,jetson", "--matrix", str(matrix))
-    _wait_for(lambda: _stored(ssh_env) >= 2)
+    wait_for(lambda: stored_count(ssh_env.db_url) >= 2, timeout=180)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
