@@ -97,12 +97,12 @@ def resolve(source: Any, text: str) -> str:
                 on = f" with device {terminal(ref.device)}" if ref.device else ""
                 total = conn.scalar(select(Run.id).limit(1))
                 why = "there are no runs" if total is None else f"there are not {ref.back + 1} run(s){on}"
-                raise StoreError(f"no run {shown!r}: {why}{_in(where)}; `harness results list` shows the runs")
+                raise StoreError(f"run {shown!r} does not exist: {why}{_in(where)}; `harness results list` shows the runs")
             return found
         if ref.kind == "tag":
             found = _nth(conn, select(Run.id).where(Run.tag == ref.name), ref.back)
             if found is None:
-                raise StoreError(f"no run {shown!r}: no run{'s' if ref.back else ''} tagged {terminal(ref.name)!r}"
+                raise StoreError(f"run {shown!r} does not exist: no run{'s' if ref.back else ''} tagged {terminal(ref.name)!r}"
                                  f"{f' beyond {ref.back}' if ref.back else ''}{_in(where)}; {_tags_hint(conn)}")
             return found
         word = ref.name or ""
@@ -119,9 +119,10 @@ def resolve(source: Any, text: str) -> str:
         if len(ids) == 1:
             return ids[0]
         if ids:
-            raise StoreError(f"run id prefix {shown!r} matches several runs ({', '.join(ids[:2])}, ...){_in(where)}; "
+            raise StoreError(f"run id prefix {shown!r} is ambiguous: it matches several runs ({', '.join(ids[:2])}, ...){_in(where)}; "
                              "give more of it")
-    raise StoreError(f"no run {shown!r}{_in(where)}: no run id starts with it and no run is tagged so; give {HELP}")
+    raise StoreError(f"run {shown!r} does not exist{_in(where)}: no run id starts with it and no run is tagged so; "
+                     f"give {HELP}")
 
 
 def _in(where: str | None) -> str:
