@@ -62,5 +62,5 @@ if not not_ok.empty:
     st.subheader("Points without a value")
     st.dataframe(not_ok, hide_index=True, key="scaling_not_ok")
 st.subheader("Points")
-st.dataframe(charts.readable(points.rename(columns={"value": metric})), hide_index=True, key="scaling_points")
+st.dataframe(charts.readable(points), hide_index=True, key="scaling_points")
 data.csv_download(points, f"scaling_{run_id}", "dl_points")
