@@ -317,6 +317,8 @@ def _with_slope_legend(points: pd.DataFrame, slopes: pd.DataFrame) -> pd.DataFra
     return out
 
 
+# The strip shares the chart's x axis, never its colours: a status is not a series.
+STRIP_RESOLVE = {"scale": {"x": "shared", "color": "independent"}, "legend": {"color": "independent"}}
 STATUS_COLORS = {"domain": ["failed", "timeout", "skipped"], "range": ["#c62828", "#6a1b9a", "#9e9e9e"]}
 
 
@@ -356,7 +358,8 @@ def scaling_chart(points: pd.DataFrame, column: str = "value", title: str = "lat
     main = {"data": {"name": "ok"}, "height": 320, "width": "container",
             "layer": [{"mark": {"type": "line", "point": True},
                        "encoding": {"x": x, "y": y,
-                                    "color": _n("line", "series (fitted slope)", legend={"labelLimit": 420}),
+                                    "color": _n("line", "series (fitted slope)",
+                                                legend={"labelLimit": 420, "orient": "bottom", "columns": 2}),
                                     "tooltip": [_n("series"), _q("seq_len"), _q(column, format=".4g"),
                                                 _n("status")]}}]}
     datasets = {"ok": records(ok, cols)}
@@ -367,7 +370,7 @@ def scaling_chart(points: pd.DataFrame, column: str = "value", title: str = "lat
     datasets["not_ok"] = records(bad, cols + ["beyond", "beyond_label"])
     strip = failure_strip("not_ok", x, [_n("series"), _q("seq_len"), _n("status"), _n("error")],
                           "no value")
-    return {"datasets": datasets, "vconcat": [main, strip], "resolve": {"scale": {"x": "shared"}}, "spacing": 4}
+    return {"datasets": datasets, "vconcat": [main, strip], "resolve": STRIP_RESOLVE, "spacing": 4}
 
 
 # -- trade-offs -------------------------------------------------------------------------------------------
@@ -519,7 +522,7 @@ def trend_chart(series: pd.DataFrame, changes: pd.DataFrame, title: str) -> dict
     bad["beyond_label"] = ""
     datasets["not_ok"] = records(bad, cols + ["beyond", "beyond_label"])
     strip = failure_strip("not_ok", x, [_n("run_id"), _n("status"), _n("error")], "no value")
-    return {"datasets": datasets, "vconcat": [main, strip], "resolve": {"scale": {"x": "shared"}}, "spacing": 4}
+    return {"datasets": datasets, "vconcat": [main, strip], "resolve": STRIP_RESOLVE, "spacing": 4}
 
 
 CHANGE_COLUMNS = ["run_id", "started_at", "direction", "change %", "before", "after", "p_value", "statistic",

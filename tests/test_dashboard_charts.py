@@ -91,7 +91,7 @@ def test_scaling_chart_is_log_log_with_slope_legend_and_failed_points_in_a_strip
     strip = _strip(chart)
     crosses = strip["layer"][0]
     assert crosses["mark"]["shape"] == "cross" and crosses["encoding"]["y"]["field"] == "status"
-    assert chart["resolve"] == {"scale": {"x": "shared"}}
+    assert chart["resolve"]["scale"] == {"x": "shared", "color": "independent"}
 
 
 def test_a_skipped_huge_case_does_not_stretch_the_axis_it_sits_at_the_edge_labelled() -> None:
