@@ -228,7 +228,10 @@ def _pytest_benchmark_rows(doc: _Doc, data: dict[str, Any], run_id: str, base: s
     commit = doc.get(data, "commit_info", "", (dict,)) or {}
     cpu = doc.get(machine, "cpu", "machine_info", (dict,)) or {}
     when = _time(data.get("datetime"))
-    revision = commit.get("id") if isinstance(commit.get("id"), str) else None
+    from .validate import GIT_REVISION
+
+    # pytest-benchmark writes `unversioned` (or nothing) outside a repository: only an object name is kept
+    revision = commit.get("id") if isinstance(commit.get("id"), str) and GIT_REVISION.fullmatch(commit["id"]) else None
     if revision and commit.get("dirty") is True:
         revision += "-dirty"
     fingerprint = {"source": "pytest-benchmark", "hostname": machine.get("node"),
