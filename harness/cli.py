@@ -270,7 +270,8 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None, fmt
     why = f" ({outcome.error})" if getattr(outcome, "error", None) else ""
     notes.print(f"run id [bold]{_e(outcome.run_id)}[/]: {_e(outcome.status)}{_e(why)}; {_e(counts)}")
     if outcome.status in ("partial", "interrupted", "abandoned", "failed"):
-        notes.print("resume with: " + _e(resume_hint or f"harness run --resume {outcome.run_id}"))
+        # One line, never wrapped at the terminal's width: it is meant to be copied and pasted.
+        notes.print("resume with: " + _e(resume_hint or f"harness run --resume {outcome.run_id}"), soft_wrap=True)
 
 
 # -- kernels ---------------------------------------------------------------------------------------------
