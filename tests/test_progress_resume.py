@@ -96,3 +96,27 @@ def test_the_resume_hint_after_ctrl_c_works_when_pasted(tmp_path: Path) -> None:
     rows = export_rows(Store(db), [args[3]])
     assert len(rows) == 5 and len({r["case_hash"] for r in rows}) == 5 and all(r["status"] == "ok" for r in rows)
     assert not (work / "harness.db").exists()  # the pasted command used the database it named
+
+
+def test_the_nightly_report_lists_timed_out_and_skipped_cases_and_json_says_so(tmp_path: Path) -> None:
+    """Every case without a result is in the report (and in --format json), not only on stdout."""
+    matrix = write_matrix(tmp_path / "n.yaml", "defaults: {heads: 2, head_dim: 16, threads: 1}\nmatrix:\n"
+                                               "  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 20000}\n"
+                                               "  - {seq_len: 32, precision: int4, group_size: 6}\n",
+                          "measure: {warmup_s: 0.05, min_time_s: 0.1, min_samples: 3, max_time_s: 2, timeout_s: 2}")
+    report = tmp_path / "night.md"
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
+    proc = subprocess.run(HARNESS + ["nightly", "--devices", "local", "--matrix", str(matrix), "--report", str(report),
+                                     "--db", f"sqlite:///{tmp_path / 'n.db'}", "--format", "json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    import json
+
+    summary = json.loads(proc.stdout)
+    assert summary["exit_code"] == 1 and summary["report"] == str(report)
+    assert sorted(p["status"] for p in summary["problems"]) == ["skipped", "timeout"]
+    text = report.read_text()
+    section = text.split("## Cases without a result")[1]
+    assert "| timeout |" in section and "timeout_s = 2" in section
+    assert "| skipped |" in section and "group_size 6" in section
+    assert "Exit code 1" in text
