@@ -290,3 +290,10 @@ def test_regress_findings_read_as_short_lines_and_never_claim_a_difference_that_
     changed = Finding(**{**same.__dict__, "differs": {"torch": ("2.4", "2.5")}})
     assert "environment: torch 2.4 -> 2.5" in findings_text([changed], mode="latest")
     assert "runs before: a, a" in findings_text([same], mode="latest", verbose=True)
+
+
+def test_the_worker_never_runs_an_imported_benchmark() -> None:
+    from harness.worker import run_case
+
+    got = run_case({"case": {"variant": "external", "name": "tests/test_x.py::test_sort"}, "measure": {}})
+    assert got["status"] == "skipped" and "import-only" in got["error"]
