@@ -18,8 +18,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from results.compare import (FASTER, FIXED, NEWLY_FAILING, NOISE, SLOWER, Comparison, FieldDiff, comparison_rows,
-                             geometric_mean)
+from harness import numfmt
+from results.compare import (FASTER, FIXED, NEWLY_FAILING, NOISE, SLOWER, STILL_FAILING, Comparison, FieldDiff,
+                             comparison_rows, geometric_mean)
 
 # Case keys that make up a scaling "series" besides device (everything but the x axis, seq_len).
 SERIES_KEYS = ("variant", "precision", "backend", "scope", "batch", "heads", "head_dim", "quant", "window",
@@ -237,6 +238,7 @@ def speedup_chart(df: pd.DataFrame) -> dict[str, Any]:
     tooltip = [_n("device"), _n("case"), _q("speedup", format=".3f"), _q("CI low", format=".3f"),
                _q("CI high", format=".3f"), _n("verdict")]
     colors = {"domain": [FASTER, SLOWER, NOISE, "no samples"], "range": ["#2e7d32", "#c62828", "#9e9e9e", "#795548"]}
+    # (failing and fixed cases have no speedup: they are in the table, coloured the same way)
     layers = [
         {"data": {"name": "cases"}, "mark": {"type": "rule"},
          "encoding": {"x": _q("CI low", "speedup A/B (log; > 1: B faster)", scale=scale), "x2": {"field": "CI high"},
@@ -266,13 +268,16 @@ def scaling_points(df: pd.DataFrame, metric: str = "latency_ms_p50") -> pd.DataF
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
-    """Least-squares slope of log y on log x and its r^2; (None, None) with fewer than two distinct x."""
+    """Least-squares slope of log y on log x and its r^2; (None, None) with fewer than two distinct x, and
+    no r^2 (None) from two points, which any line fits."""
     pts = [(math.log(a), math.log(b)) for a, b in zip(x, y) if _present(a) and _present(b) and a > 0 and b > 0]
     if len({p[0] for p in pts}) < 2:
         return None, None
     lx = np.array([p[0] for p in pts])
     ly = np.array([p[1] for p in pts])
     slope, intercept = np.polyfit(lx, ly, 1)
+    if len(pts) < 3:  # a line through two points fits them exactly: an r^2 of 1 would say nothing
+        return float(slope), None
     resid = ly - (slope * lx + intercept)
     total = float(np.sum((ly - ly.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid ** 2)) / total if total > 0 else 1.0
@@ -312,29 +317,60 @@ def _with_slope_legend(points: pd.DataFrame, slopes: pd.DataFrame) -> pd.DataFra
     return out
 
 
+# The strip shares the chart's x axis, never its colours: a status is not a series.
+STRIP_RESOLVE = {"scale": {"x": "shared", "color": "independent"}, "legend": {"color": "independent"}}
+STATUS_COLORS = {"domain": ["failed", "timeout", "skipped"], "range": ["#c62828", "#6a1b9a", "#9e9e9e"]}
+
+
+def failure_strip(name: str, x: dict[str, Any], tooltip: list[dict[str, Any]],
+                  label: str = "no value") -> dict[str, Any]:
+    """A strip under a chart for what has no value (failed, timed out, skipped): a row per status at its x,
+    never a y value a reader could take for a measurement."""
+    return {"data": {"name": name}, "height": {"step": 18}, "width": "container",
+            "layer": [
+                {"mark": {"type": "point", "shape": "cross", "size": 120, "filled": True},
+                 "encoding": {"x": x, "y": _n("status", label, axis={"title": label, "labelLimit": 80}),
+                              "color": _n("status", scale=STATUS_COLORS, legend=None), "tooltip": tooltip}},
+                {"transform": [{"filter": "datum.beyond"}],
+                 "mark": {"type": "text", "align": "right", "dx": -8, "fontSize": 10},
+                 "encoding": {"x": x, "y": _n("status"), "text": {"field": "beyond_label"}}},
+            ]}
+
+
 def scaling_chart(points: pd.DataFrame, column: str = "value", title: str = "latency p50 (ms)",
                   slopes: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Log-log lines per series, the slope in the legend; not-ok points as red crosses on the bottom edge
-    of the axis (they have no value), with their status and error in the tooltip. `slopes` (as
-    `scaling_slopes` gives them for this column) saves refitting when the page already has them."""
+    """Log-log lines per series, the slope in the legend. Cases without a value (failed, skipped, timed out)
+    are never drawn as values: they are crosses in a strip under the chart, at their sequence length. The
+    x axis spans the ok points only, so a skipped L=200000 does not squeeze the measured ones: it sits at the
+    strip's edge, labelled. `slopes` (as `scaling_slopes` gives them for this column) saves refitting."""
     slopes = scaling_slopes(points, column) if slopes is None else slopes
     data = _with_slope_legend(points, slopes)
     ok = data[(data["status"] == "ok") & data[column].notna()]
-    bad = data[data["status"] != "ok"].copy()
-    floor = float(ok[column].min()) / 1.5 if not ok.empty else 1.0
-    bad[column] = floor
+    bad = data[(data["status"] != "ok") | data[column].isna()].copy()
     cols = ["line", "series", "seq_len", column, "status", "error"]
-    x = _q("seq_len", "sequence length (log)", scale={"type": "log", "base": 2})
+    span = ok if not ok.empty else data
+    domain = [int(span["seq_len"].min()), int(span["seq_len"].max())] if not span.empty else [1, 2]
+    if domain[0] == domain[1]:
+        domain = [domain[0] / 2, domain[1] * 2]
+    x = _q("seq_len", "sequence length (log)", scale={"type": "log", "base": 2, "domain": domain, "clamp": True,
+                                                      "nice": False})
     y = _q(column, f"{title} (log)", scale={"type": "log"})
-    layers = [
-        {"data": {"name": "ok"}, "mark": {"type": "line", "point": True},
-         "encoding": {"x": x, "y": y, "color": _n("line", "series (fitted slope)", legend={"labelLimit": 420}),
-                      "tooltip": [_n("series"), _q("seq_len"), _q(column, format=".4g"), _n("status")]}},
-        {"data": {"name": "not_ok"},
-         "mark": {"type": "point", "shape": "cross", "size": 140, "color": "#c62828", "filled": True},
-         "encoding": {"x": x, "y": y, "tooltip": [_n("series"), _q("seq_len"), _n("status"), _n("error")]}},
-    ]
-    return _spec({"ok": records(ok, cols), "not_ok": records(bad, cols)}, layers, 320)
+    main = {"data": {"name": "ok"}, "height": 320, "width": "container",
+            "layer": [{"mark": {"type": "line", "point": True},
+                       "encoding": {"x": x, "y": y,
+                                    "color": _n("line", "series (fitted slope)",
+                                                legend={"labelLimit": 420, "orient": "bottom", "columns": 2}),
+                                    "tooltip": [_n("series"), _q("seq_len"), _q(column, format=".4g"),
+                                                _n("status")]}}]}
+    datasets = {"ok": records(ok, cols)}
+    if bad.empty:
+        return {"datasets": datasets, **main}
+    bad["beyond"] = (bad["seq_len"] < domain[0]) | (bad["seq_len"] > domain[1])
+    bad["beyond_label"] = ["L=" + str(int(n)) if b else "" for n, b in zip(bad["seq_len"], bad["beyond"])]
+    datasets["not_ok"] = records(bad, cols + ["beyond", "beyond_label"])
+    strip = failure_strip("not_ok", x, [_n("series"), _q("seq_len"), _n("status"), _n("error")],
+                          "no value")
+    return {"datasets": datasets, "vconcat": [main, strip], "resolve": STRIP_RESOLVE, "spacing": 4}
 
 
 # -- trade-offs -------------------------------------------------------------------------------------------
@@ -392,18 +428,20 @@ def tradeoff_points(df: pd.DataFrame, accuracy: str = "rel_err", latency: str = 
 
 def tradeoff_chart(points: pd.DataFrame, y: str = "error", front: str = "front_accuracy",
                    y_title: str = "relative L1 error (log)") -> dict[str, Any]:
-    """Scatter colored by device, shaped by precision, log axes, with the Pareto front of each device and
-    workload shape as a dashed step line through its front points."""
+    """Scatter of one device's cases, coloured by workload (sequence length, batch, heads, head_dim: only
+    cases doing the same work compete), shaped by precision, log axes; the Pareto front of each workload as
+    a dashed step line in its colour. Draw one chart per device."""
     data = points.dropna(subset=["latency_ms", y])
     cols = ["device", "shape", "case", "precision", "latency_ms", y, front]
     x = _q("latency_ms", "latency (ms, log)", scale={"type": "log"})
     yy = _q(y, y_title, scale={"type": "log"})
+    color = _n("shape", "workload", sort={"field": "seq_len"}, legend={"labelLimit": 300})
     layers = [
         {"data": {"name": "front"}, "mark": {"type": "line", "interpolate": "step-after", "strokeDash": [6, 3]},
-         "encoding": {"x": x, "y": yy, "color": _n("device"), "detail": _n("shape"), "order": _q("latency_ms")}},
-        {"data": {"name": "points"}, "mark": {"type": "point", "size": 80, "filled": True, "opacity": 0.8},
-         "encoding": {"x": x, "y": yy, "color": _n("device"), "shape": _n("precision"),
-                      "tooltip": [_n("device"), _n("case"), _n("shape"), _q("latency_ms", format=".4g"),
+         "encoding": {"x": x, "y": yy, "color": color, "detail": _n("shape"), "order": _q("latency_ms")}},
+        {"data": {"name": "points"}, "mark": {"type": "point", "size": 90, "filled": True, "opacity": 0.85},
+         "encoding": {"x": x, "y": yy, "color": color, "shape": _n("precision"),
+                      "tooltip": [_n("device"), _n("case"), _n("shape", "workload"), _q("latency_ms", format=".4g"),
                                   _q(y, format=".3g"), _n(front)]}},
     ]
     return _spec({"front": records(data[data[front].astype(bool)], cols), "points": records(data, cols)}, layers,
@@ -411,33 +449,80 @@ def tradeoff_chart(points: pd.DataFrame, y: str = "error", front: str = "front_a
 
 
 # -- trends -----------------------------------------------------------------------------------------------
+def spread_columns(measurement_ids: Iterable[Any], raw: Mapping[int, Sequence[float]]) -> dict[str, list[float]]:
+    """`low` and `high` per run: the 10th and 90th percentiles of its raw samples (NaN without usable ones)."""
+    low, high = [], []
+    for mid in measurement_ids:
+        values = raw.get(int(mid)) if _present(mid) else None
+        a = np.asarray(values or [], dtype=float)
+        if a.size and np.all(np.isfinite(a)) and np.all(a > 0):
+            p10, p90 = np.percentile(a, [10, 90])
+            low.append(float(p10))
+            high.append(float(p90))
+        else:
+            low.append(math.nan)
+            high.append(math.nan)
+    return {"low": low, "high": high}
+
+
+TIME_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%m-%d %H:%M:%S.%L")
+
+
+def time_ticks(times: Sequence[Any], most: int = 8) -> tuple[list[str], str]:
+    """Axis values (at most `most` of the runs' times, evenly picked) and the coarsest format that writes
+    each of them differently: no repeated tick labels."""
+    stamps = sorted({pd.Timestamp(t) for t in times if _present(t)})
+    if not stamps:
+        return [], TIME_FORMATS[1]
+    step = max(1, math.ceil(len(stamps) / most))
+    picked = stamps[::step]
+    fmt = TIME_FORMATS[-1]
+    for candidate in TIME_FORMATS:
+        py = candidate.replace("%L", "%f")
+        if len({t.strftime(py) for t in picked}) == len(picked):
+            fmt = candidate
+            break
+    return [_json_value(t) for t in picked], fmt
+
+
 def trend_chart(series: pd.DataFrame, changes: pd.DataFrame, title: str) -> dict[str, Any]:
-    """The metric per run over time (not-ok runs as red crosses at the bottom), change points as rules."""
+    """The metric per run over time with each run's spread (its raw samples' 10th to 90th percentile, where
+    `low`/`high` are given), change points as rules. Runs without a value (failed, timed out, skipped) are
+    crosses in a strip under the chart at their time, never a value on the axis."""
     data = series.copy()
     ok = data[(data["status"] == "ok") & data["value"].notna()]
     bad = data[(data["status"] != "ok") | data["value"].isna()].copy()
-    bad["value"] = float(ok["value"].min()) if not ok.empty else 0.0
-    cols = ["run_id", "started_at", "value", "status", "error", "git_revision"]
+    spread = "low" in data and "high" in data
+    cols = ["run_id", "started_at", "value", "status", "error", "git_revision"] + (["low", "high"] if spread else [])
+    ticks, fmt = time_ticks(data["started_at"])
     x = {"field": "started_at", "type": "temporal", "title": "run started (UTC)", "scale": {"type": "utc"},
-         "axis": {"format": "%Y-%m-%d %H:%M", "labelAngle": -30, "labelOverlap": True}}
+         "axis": {"format": fmt, "values": ticks, "labelAngle": -30, "labelOverlap": True}}
     y = _q("value", title, scale={"zero": False})
-    layers: list[dict[str, Any]] = [
-        {"data": {"name": "ok"}, "mark": {"type": "line", "point": True},
-         "encoding": {"x": x, "y": y, "tooltip": [_n("run_id"), {"field": "started_at", "type": "temporal"},
-                                                  _q("value", format=".4g"), _n("git_revision")]}}]
+    layers: list[dict[str, Any]] = []
+    if spread and ok[["low", "high"]].notna().all(axis=1).any():
+        layers.append({"data": {"name": "ok"}, "transform": [{"filter": "isValid(datum.low)"}],
+                       "mark": {"type": "rule", "color": "#90a4ae", "strokeWidth": 3, "opacity": 0.7},
+                       "encoding": {"x": x, "y": _q("low", title), "y2": {"field": "high"},
+                                    "tooltip": [_n("run_id"), _q("low", "p10", format=".4g"),
+                                                _q("high", "p90", format=".4g")]}})
+    layers.append({"data": {"name": "ok"}, "mark": {"type": "line", "point": True},
+                   "encoding": {"x": x, "y": y, "tooltip": [_n("run_id"), {"field": "started_at", "type": "temporal"},
+                                                            _q("value", format=".4g"), _n("git_revision")]}})
     datasets = {"ok": records(ok, cols)}
-    if not bad.empty:
-        datasets["not_ok"] = records(bad, cols)
-        layers.append({"data": {"name": "not_ok"}, "mark": {"type": "point", "shape": "cross", "color": "#c62828",
-                                                            "size": 120},
-                       "encoding": {"x": x, "y": y, "tooltip": [_n("run_id"), _n("status"), _n("error")]}})
     if not changes.empty:
         datasets["changes"] = records(changes, ["run_id", "started_at", "change %", "direction", "what changed"])
         layers.append({"data": {"name": "changes"}, "mark": {"type": "rule", "color": "#ef6c00", "strokeWidth": 2},
                        "encoding": {"x": {"field": "started_at", "type": "temporal", "scale": {"type": "utc"}},
                                     "tooltip": [_n("run_id"), _q("change %", format="+.1f"), _n("direction"),
                                                 _n("what changed")]}})
-    return _spec(datasets, layers, 320)
+    main = {"height": 320, "width": "container", "layer": layers}
+    if bad.empty:
+        return {"datasets": datasets, **main}
+    bad["beyond"] = False
+    bad["beyond_label"] = ""
+    datasets["not_ok"] = records(bad, cols + ["beyond", "beyond_label"])
+    strip = failure_strip("not_ok", x, [_n("run_id"), _n("status"), _n("error")], "no value")
+    return {"datasets": datasets, "vconcat": [main, strip], "resolve": STRIP_RESOLVE, "spacing": 4}
 
 
 CHANGE_COLUMNS = ["run_id", "started_at", "direction", "change %", "before", "after", "p_value", "statistic",
@@ -487,6 +572,21 @@ def sample_summary(samples: Sequence[float]) -> dict[str, float]:
             "min ms": float(a.min()), "max ms": float(a.max()), "CV %": 100 * std / mean if mean > 0 else math.nan}
 
 
+def sample_summary_table(samples: Sequence[float]) -> pd.DataFrame:
+    """`sample_summary` as people read it: latencies to 4 significant digits, the CV to one decimal."""
+    summary = sample_summary(samples)
+    rows = []
+    for key, value in summary.items():
+        if key == "n":
+            text = str(value)
+        elif key == "CV %":
+            key, text = "CV", (f"{value:.1f}%" if _present(value) else "—")
+        else:
+            text = numfmt.sig(value) + " ms"
+        rows.append({"field": key.replace(" ms", ""), "value": text})
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
 def histogram_chart(samples: Sequence[float], bins: int = 40) -> dict[str, Any]:
     """Histogram of raw samples with the median as a rule."""
     layers = [
@@ -500,6 +600,51 @@ def histogram_chart(samples: Sequence[float], bins: int = 40) -> dict[str, Any]:
                  layers, 260)
 
 
+def samples_in_order_chart(samples: Sequence[float], warmup: Sequence[float] = ()) -> dict[str, Any]:
+    """Each raw sample in the order it was taken (a drift while warming up, a clock stepping down, a burst
+    of interference show here and not in a histogram); samples the warm-up check set aside before the
+    window (`details.warmup_samples_ms`) drawn first, in grey, with negative indexes; the median as a rule."""
+    rows = [{"sample": i - len(warmup), "ms": float(v), "kind": "warm-up (set aside)"} for i, v in enumerate(warmup)]
+    rows += [{"sample": i, "ms": float(v), "kind": "timed"} for i, v in enumerate(samples)]
+    kinds = {"domain": ["timed", "warm-up (set aside)"], "range": ["#1565c0", "#9e9e9e"]}
+    layers = [
+        {"data": {"name": "samples"}, "mark": {"type": "line", "point": {"size": 14}, "strokeWidth": 1},
+         "encoding": {"x": _q("sample", "sample, in the order taken"), "y": _q("ms", "ms per call",
+                                                                                 scale={"zero": False}),
+                      "color": _n("kind", None, scale=kinds, legend={"orient": "top", "title": None}),
+                      "tooltip": [_q("sample"), _q("ms", format=".4g"), _n("kind")]}},
+        {"data": {"name": "median"}, "mark": {"type": "rule", "color": "#ef6c00", "strokeDash": [4, 3]},
+         "encoding": {"y": _q("median"), "tooltip": [_q("median", format=".4g")]}},
+    ]
+    return _spec({"samples": rows, "median": [{"median": float(np.median(samples))}]}, layers, 260)
+
+
+READABLE = {"cos_sim": numfmt.cosine, "cpu_other": numfmt.pct,
+            **{c: numfmt.sig for c in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
+                                       "latency_ms_std", "peak_mem_mb", "energy_mj_per_inf", "power_w_avg")},
+            **{c: (lambda v: numfmt.sig(v, 3)) for c in ("rel_err", "max_abs_err", "rmse")}}
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy for display: cosines with the digits that differ from 1, latencies to 4 significant digits,
+    errors to 3, the CPU share as a percentage; absent values as '—'. Downloads keep the raw numbers."""
+    out = df.copy()
+    for column, fmt in READABLE.items():
+        if column in out.columns:
+            out[column] = [fmt(v) if _present(v) else "—" for v in out[column]]
+    return out
+
+
+VERDICT_COLORS = {SLOWER: "#ffcdd2", NEWLY_FAILING: "#ef9a9a", STILL_FAILING: "#ffe0b2", FASTER: "#c8e6c9",
+                  FIXED: "#a5d6a7", NOISE: "#eeeeee"}
+
+
+def verdict_css(verdict: Any) -> str:
+    """Background of a verdict cell: red for slower and newly failing, green for faster and fixed."""
+    color = VERDICT_COLORS.get(str(verdict))
+    return f"background-color: {color}" if color else ""
+
+
 def telemetry_table(row: Mapping[str, Any], details: Mapping[str, Any]) -> pd.DataFrame:
     """Power, thermal and contention summary of one measurement: stored columns first, then
     details.power/thermal/contention."""
@@ -509,10 +654,14 @@ def telemetry_table(row: Mapping[str, Any], details: Mapping[str, Any]) -> pd.Da
                        ("throttled", "throttled"), ("cpu_other", "other processes' CPU share"),
                        ("contended", "contended"), ("peak_mem_mb", "peak memory MB")):
         v = row.get(key)
-        if key == "cpu_other" and _present(v):
+        if not _present(v):
+            text = "not measured"
+        elif key == "cpu_other":
             text = f"{float(v):.1%}"
+        elif isinstance(v, float):
+            text = numfmt.sig(v)
         else:
-            text = "not measured" if not _present(v) else str(v)
+            text = str(v)
         rows.append({"field": title, "value": text})
     table = pd.DataFrame(rows)
     extra = []

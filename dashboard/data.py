@@ -94,6 +94,12 @@ def runs(url: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def resolve_run(url: str, ref: str) -> str:
+    """The run id a reference names (`results.runref`); StoreError when none or several."""
+    return queries.resolve_run(engine(url), ref)
+
+
+@st.cache_data(ttl=TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
 def device_status(url: str, stale_hours: float = queries.STALE_HOURS) -> pd.DataFrame:
     """Newest run per device with counts and staleness."""
     return queries.device_status(engine(url), stale_hours=stale_hours)
@@ -179,6 +185,7 @@ def trend(url: str, device: str, case_hash: str, metric: str) -> tuple[pd.DataFr
     raw: dict[int, list[float]] = {}
     if metric == "latency_ms_p50":
         raw = queries.samples(e, [int(i) for i in series.loc[usable, "measurement_id"]])
+        series = series.assign(**charts.spread_columns(series["measurement_id"], raw))
     lower = queries.METRICS[metric].lower_is_better
     changes = []
     # Emulated and real runs are separate histories: each pass blanks the other kind's runs (detect ignores a

@@ -87,14 +87,45 @@ def link(page: str, **params: Any) -> str:
     return f"./{page}?{query}" if query else f"./{page}"
 
 
+def run_select(label: str, runs: Any, key: str, *, default: str | None = None, container: Any = st,
+               labels: dict[str, str] | None = None) -> str:
+    """A run selector bound to `?key=`. The URL may name the run as the command line does (an id or unique
+    prefix, tag:NAME, latest, latest~N, latest@DEVICE: `results.runref`); a reference that names no stored
+    run is shown as an error and the selector starts empty (the page stops until a run is picked), never
+    silently replaced by another run."""
+    from dashboard import data
+    from dashboard.charts import run_labels
+    from workloads.errors import HarnessError
+
+    labels = labels or run_labels(runs)
+    ids = [str(r) for r in runs["run_id"]]
+    wanted = _from_url(key)
+    chosen = st.session_state.get(key)
+    index: int | None = ids.index(str(default)) if default is not None and str(default) in ids else 0
+    resolved = None
+    if wanted is not None and chosen is None:
+        try:
+            resolved = data.resolve_run(data.db_url(), wanted)
+        except HarnessError as exc:
+            st.error(f"The link asks for {label.lower()} `{wanted}`, which is not in this database: {exc}. Pick a "
+                     "run below.")
+            index = None
+        else:
+            index = ids.index(resolved) if resolved in ids else None
+    value = container.selectbox(label, ids, index=index, key=key, format_func=labels.get)
+    if value is None:
+        st.stop()
+    if resolved != value:  # a reference that still names the run shown (`latest`) stays in the link
+        _to_url(key, str(value))
+    return str(value)
+
+
 def run_or_stop(runs: Any, *, container: Any = None, empty: str = "No runs stored yet.",
                 labels: dict[str, str] | None = None) -> str:
-    """The page's run selector (kept in the URL), or an info box and a stop when no run is stored."""
+    """The page's run selector (kept in the URL, references resolved), or an info box and a stop when no
+    run is stored."""
     if runs.empty:
         st.info(empty)
         st.stop()
-    from dashboard.charts import run_labels
-
-    labels = labels or run_labels(runs)
-    return select("Run", list(runs["run_id"]), "run", format_func=labels.get,
-                  container=container if container is not None else st.sidebar)
+    return run_select("Run", runs, "run", container=container if container is not None else st.sidebar,
+                      labels=labels)

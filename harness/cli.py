@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -25,9 +24,12 @@ from rich.text import Text
 from harness.safe_text import mask_url, terminal
 from workloads.errors import HarnessError
 
-# Piped output (CI logs, `| less`) gets a wide table rather than rich's 80-column default.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+from harness import output
+from harness.output import FORMATS, dumps
+
+# Rebuilt by `--color` (see `_set_color`); functions look these names up when they print.
+console = output.make_console()
+err_console = output.make_console(stderr=True)
 
 db_option = click.option("--db", "db", default=None, metavar="URL",
                          help="Results database URL (env HARNESS_DB; default sqlite:///harness.db).")
@@ -58,6 +60,55 @@ wait_timeout_option = click.option(
 
 DEBUG_ENV = "HARNESS_DEBUG"
 _debug = False
+# -1: --quiet (results and errors only), 0: normal, 1: -v (every note, every finding's runs).
+_verbosity = 0
+
+
+def _set_color(ctx: Any, param: Any, value: str | None) -> None:
+    global console, err_console
+    if value is not None:
+        console = output.make_console(color=value)
+        err_console = output.make_console(stderr=True, color=value)
+
+
+def _set_quiet(ctx: Any, param: Any, value: bool) -> None:
+    global _verbosity
+    if value:
+        _verbosity = -1
+
+
+def _set_verbose(ctx: Any, param: Any, value: int) -> None:
+    global _verbosity
+    if value and _verbosity >= 0:
+        _verbosity = max(_verbosity, value)
+
+
+def output_options(f: Any) -> Any:
+    """--quiet, -v and --color, taken before or after the subcommand's name (`harness -q run`, `harness run -q`)."""
+    f = click.option("--color", type=click.Choice(output.COLORS), default=None, expose_value=False,
+                     is_eager=True, callback=_set_color,
+                     help="Colour: auto (a terminal without NO_COLOR set), always, never.")(f)
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose,
+                     help="Say more: every note in full, the runs behind each finding.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                     help="Only results and errors: no progress, no notes.")(f)
+    return f
+
+
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+                             help="text (a table fitted to the terminal), json (for scripts; shapes in the README) "
+                                  "or markdown (for a PR comment or $GITHUB_STEP_SUMMARY).")
+
+
+def _emit(fmt: str, records: Any, cols: Any, table_records: Any = None, title: str | None = None) -> None:
+    """Print records as JSON, or as a table (text fitted to the terminal, or markdown) of `table_records`."""
+    if fmt == "json":
+        print(dumps(records))
+    elif fmt == "markdown":
+        print(((f"### {output.md_cell(title)}\n\n") if title else "") +
+              output.markdown_table(cols, records if table_records is None else table_records))
+    else:
+        output.print_table(console, title, cols, records if table_records is None else table_records)
 
 
 def _e(x: Any) -> str:
@@ -77,17 +128,10 @@ def _read_store(db: str | None) -> Any:
     return open_store(db, read_only=True)
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}" if abs(x) >= 10 ** -digits or x == 0 else f"{x:.2e}"
-    return str(x)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attn-harness")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error (also HARNESS_DEBUG=1).")
+@output_options
 def cli(debug: bool) -> None:
     """Benchmark quantized attention kernels on edge devices and keep the results."""
     global _debug
@@ -99,7 +143,8 @@ def cli(debug: bool) -> None:
 @click.option("--devices", "devices_opt", default="", help="Comma-separated device names (local always exists).")
 @click.option("--matrix", "matrix", default=None, metavar="FILE", help="Sweep matrix YAML.")
 @click.option("--tag", default=None, help="A label stored with the run.")
-@click.option("--resume", default=None, metavar="RUN_ID", help="Run only the cases of RUN_ID not yet stored.")
+@click.option("--resume", default=None, metavar="RUN",
+              help="Run only the cases of RUN not yet stored (a run id, a unique prefix, tag:NAME, latest...).")
 @click.option("--dry-run", is_flag=True, help="Print the expanded cases per device and exit.")
 @wait_timeout_option
 @click.option("--stop-stale", is_flag=True,
@@ -109,10 +154,12 @@ def cli(debug: bool) -> None:
               help="Refuse the matrix when a combination has no kernel (default: store it as skipped).")
 @click.option("--max-cases", type=click.IntRange(1, 10_000_000), default=None, metavar="N",
               help="Refuse a matrix that expands to more cases than this (default 5000).")
+@format_option
 @db_option
 @inventory_option
+@output_options
 def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | None, dry_run: bool,
-        wait_timeout: float | None, stop_stale: bool, strict: bool, max_cases: int | None, db: str | None,
+        wait_timeout: float | None, stop_stale: bool, strict: bool, max_cases: int | None, fmt: str, db: str | None,
         inventory: str | None) -> None:
     """Expand a sweep matrix, run it on devices, store every result as it arrives."""
     from devices.inventory import load_inventory
@@ -133,15 +180,23 @@ def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | Non
     if stop_stale and not resume:
         raise HarnessError("--stop-stale goes with --resume RUN_ID (it stops that run's leftover agents)")
     store = open_store(db)
-    with ProgressView(console, err_console) as view:
+    with _progress(fmt) as view:
         outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, resume=resume,
                             dry_run=dry_run, events=view.event, wait_timeout_s=wait_timeout, stop_stale=stop_stale,
                             strict=strict, **_max_cases(max_cases))
     if outcome.dry_run:
         _print_plan(outcome.plan, outcome.not_implemented)
         return
-    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
+    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory), fmt=fmt)
     sys.exit(outcome.exit_code)
+
+
+def _progress(fmt: str) -> Any:
+    """The progress display: bars on stdout for text output, on stderr when stdout carries JSON or
+    markdown; none with --quiet."""
+    from harness.progress import ProgressView
+
+    return ProgressView(console if fmt == "text" else err_console, err_console, verbosity=_verbosity)
 
 
 def _resume_command(run_id: str, db: str | None, inventory: str | None) -> str:
@@ -175,32 +230,26 @@ def _print_plan(plan: Mapping[str, list[dict[str, Any]]], not_implemented: Mappi
                 f"  [yellow]skipped:[/] {_e(reason)}" if reason else ""))
 
 
-def _cpu_other(r: Mapping[str, Any]) -> str:
-    """Other processes' share of the CPUs during the window; '!' marks a contended case."""
-    if r.get("cpu_other") is None:
-        return "-"
-    return f"{r['cpu_other']:.0%}" + ("!" if r.get("contended") else "")
-
-
-def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> None:
-    from harness.report import device_label, emulation_warning
+def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None, fmt: str = "text") -> None:
+    """A run's results (`harness.views.RESULT_COLS`; JSON: `views.run_record`), then what went wrong and
+    how to resume. In JSON and markdown the notes go to stderr, so stdout stays one document."""
+    from harness import views
+    from harness.report import emulation_warning
     from results.exchange import export_rows
     from results.queries import emulated_devices
+    from workloads.spec import case_label
 
     rows = export_rows(store, [outcome.run_id])
     emulated = emulated_devices(store, [outcome.run_id]).get(outcome.run_id, [])
-    table = Table(title=f"run {outcome.run_id} ({outcome.status})")
-    for col in ("device", "case", "status", "p50 ms", "p90 ms", "n", "peak MB", "cos_sim", "rel_err",
-                "mJ/inf", "cpu other"):
-        table.add_column(col, justify="right" if col not in ("device", "case", "status") else "left")
-    from workloads.spec import case_label
-
-    for r in rows:
-        table.add_row(*_cells(device_label(r["device"], r["device"] in emulated), case_label(r), r["status"],
-                              _fmt(r["latency_ms_p50"]), _fmt(r["latency_ms_p90"]), _fmt(r["n_samples"]),
-                              _fmt(r["peak_mem_mb"], 0), _fmt(r["cos_sim"], 6), _fmt(r["rel_err"], 4),
-                              _fmt(r["energy_mj_per_inf"]), _cpu_other(r)))
-    console.print(table)
+    notes = console if fmt == "text" else err_console
+    if fmt == "json":
+        run = store.get_run(outcome.run_id)
+        states = {n: (d.status, d.error) for n, d in outcome.devices.items()}
+        record = views.run_record(run, outcome.status, states, emulated, rows)
+        print(dumps(record))
+    else:
+        records = views.result_records(rows, emulated)
+        _emit(fmt, records, views.RESULT_COLS, title=f"run {outcome.run_id} ({outcome.status})")
     contended = [r for r in rows if r.get("contended")]
     if contended:
         worst = max(r["cpu_other"] for r in contended)
@@ -209,33 +258,33 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None) -> 
                           "Stop the other load, or set measure.on_contention: wait (or retry), and re-run them.")
     warning = emulation_warning(emulated)
     if warning:
-        console.print("[yellow bold]" + escape(warning) + "[/]")
+        notes.print("[yellow bold]" + escape(warning) + "[/]")
     for r in rows:
-        if r["status"] in ("failed", "timeout", "skipped") and r["error"]:
-            console.print(f"[yellow]{_e(r['status'])}[/] " + _e(f"{r['device']} {case_label(r)}: {r['error']}"))
+        if r["status"] in ("failed", "timeout", "skipped") and r["error"] and _verbosity >= 0:
+            error = r["error"] if _verbosity > 0 or len(r["error"]) <= 300 else r["error"][:300] + "... (-v: all of it)"
+            notes.print(f"[yellow]{_e(r['status'])}[/] " + _e(f"{r['device']} {case_label(r)}: {error}"))
     for name, d in outcome.devices.items():
         if d.status != "complete":
-            console.print(f"[red]device {_e(name)}: {_e(d.status)}[/] " + _e(d.error or ""))
+            notes.print(f"[red]device {_e(name)}: {_e(d.status)}[/] " + _e(d.error or ""))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "nothing stored"
     why = f" ({outcome.error})" if getattr(outcome, "error", None) else ""
-    console.print(f"run id [bold]{_e(outcome.run_id)}[/]: {_e(outcome.status)}{_e(why)}; {_e(counts)}")
+    notes.print(f"run id [bold]{_e(outcome.run_id)}[/]: {_e(outcome.status)}{_e(why)}; {_e(counts)}")
     if outcome.status in ("partial", "interrupted", "abandoned", "failed"):
-        console.print("resume with: " + _e(resume_hint or f"harness run --resume {outcome.run_id}"))
+        # One line, never wrapped at the terminal's width: it is meant to be copied and pasted.
+        notes.print("resume with: " + _e(resume_hint or f"harness run --resume {outcome.run_id}"), soft_wrap=True)
 
 
 # -- kernels ---------------------------------------------------------------------------------------------
 @cli.command("kernels")
-def kernels_cmd() -> None:
+@format_option
+@output_options
+def kernels_cmd(fmt: str) -> None:
     """List the registered kernels and what each computes."""
-    from kernels.registry import all_kernels
+    from harness import views
+    from kernels.catalog import builtin_kernels
 
-    table = Table()
-    for col in ("variant", "precision", "backend", "scope", "needs", "computes"):
-        table.add_column(col)
-    for key, k in sorted(all_kernels().items(), key=lambda kv: str(kv[0])):
-        needs = ", ".join(k.requires.modules + k.requires.torch_ops)
-        table.add_row(*_cells(key.variant, key.precision, key.backend, key.scope, needs, k.description))
-    console.print(table)
+    records = builtin_kernels()
+    _emit(fmt, records, views.KERNEL_COLS, views.kernel_rows(records))
 
 
 # -- devices ---------------------------------------------------------------------------------------------
@@ -246,21 +295,21 @@ def devices() -> None:
 
 @devices.command("list")
 @click.option("--offline", is_flag=True, help="Do not ask the devices who holds them (no SSH connections).")
+@format_option
 @inventory_option
-def devices_list(offline: bool, inventory: str | None) -> None:
+@output_options
+def devices_list(offline: bool, fmt: str, inventory: str | None) -> None:
     """List the devices in the inventory and which run holds each (the device lease)."""
     from devices.inventory import load_inventory
+    from harness import views
 
     inv = load_inventory(inventory)
     holders = {} if offline else _lease_holders(inv)
-    table = Table(title=Text(terminal(inv.path or "built-in (no devices.yaml)")))
-    for col in ("name", "host", "user", "python", "power", "tags", "held by"):
-        table.add_column(col)
-    for d in inv.devices.values():
-        host = "(this machine)" if d.is_local else f"{d.host}:{d.port or 22}"
-        table.add_row(*_cells(d.name, host, d.user or "-", d.python or "-", (d.power or {}).get("sensor", "-"),
-                              ",".join(d.tags) or "-", holders.get(d.name, "not asked (--offline)")))
-    console.print(table)
+    records = [{"name": d.name, "host": "(this machine)" if d.is_local else f"{d.host}:{d.port or 22}",
+                "user": d.user, "python": d.python, "power": (d.power or {}).get("sensor"), "tags": list(d.tags),
+                "held_by": holders.get(d.name, "not asked (--offline)")} for d in inv.devices.values()]
+    shown = [dict(r, tags=",".join(r["tags"]) or "-") for r in records]
+    _emit(fmt, records, views.DEVICE_LIST_COLS, shown, title=inv.path or "built-in (no devices.yaml)")
 
 
 def _lease_holders(inv: Any) -> dict[str, str]:
@@ -300,27 +349,43 @@ def _lease_holders(inv: Any) -> dict[str, str]:
 
 @devices.command("check")
 @click.argument("names", nargs=-1, required=True)
+@format_option
 @inventory_option
-def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
+@output_options
+def devices_check(names: tuple[str, ...], fmt: str, inventory: str | None) -> None:
     """Probe devices: CPU, ISA features, memory, OS, Python, torch/onnxruntime, governor, sensors."""
     from devices.inventory import load_inventory
+    from harness import views
     from harness.checks import check_devices, power_failed
 
     inv = load_inventory(inventory)
     configs = inv.resolve(list(names))
     unreachable = 0
+    records = []
     for name, result in check_devices(inv, configs).items():
-        if isinstance(result, HarnessError):
-            unreachable += 1
-            console.print(f"[red]{_e(name)}: unreachable[/] " + _e(str(result)))
-            continue
-        emulated = str(result.get("emulated", "no")) != "no"
-        console.print(f"[bold]{_e(name)}[/]" + (" [yellow bold](EMULATED)[/]" if emulated else ""))
-        for key, value in result.items():
-            line = _e(f"  {key:<16} {value}")
-            console.print(f"[yellow bold]{line}[/]" if key == "emulated" and emulated else line)
-        if power_failed(result):
-            unreachable += 1
+        failed_power = not isinstance(result, HarnessError) and power_failed(result)
+        unreachable += isinstance(result, HarnessError) or failed_power
+        records.append(views.device_check_record(name, result, failed_power))
+    if fmt == "json":
+        print(dumps(records))
+    elif fmt == "markdown":
+        for r in records:
+            print(f"### {output.md_cell(r['device'])}\n")
+            if not r["reachable"]:
+                print(f"unreachable: {output.md_cell(r['error'])}\n")
+                continue
+            print(output.markdown_table((output.Col("field", "field"), output.Col("value", "value")),
+                                        [{"field": k, "value": v} for k, v in r["probe"].items()]) + "\n")
+    else:
+        for r in records:
+            if not r["reachable"]:
+                console.print(f"[red]{_e(r['device'])}: unreachable[/] " + _e(r["error"]))
+                continue
+            emulated = str(r["probe"].get("emulated", "no")) != "no"
+            console.print(f"[bold]{_e(r['device'])}[/]" + (" [yellow bold](EMULATED)[/]" if emulated else ""))
+            for key, value in r["probe"].items():
+                line = _e(f"  {key:<16} {value}")
+                console.print(f"[yellow bold]{line}[/]" if key == "emulated" and emulated else line)
     sys.exit(1 if unreachable else 0)
 
 
@@ -328,6 +393,7 @@ def devices_check(names: tuple[str, ...], inventory: str | None) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Pin without asking (for scripts); the fingerprint is still printed.")
 @inventory_option
+@output_options
 def devices_trust(name: str, yes: bool, inventory: str | None) -> None:
     """Show a device's SSH host key fingerprint and pin it in known_hosts."""
     from devices.inventory import load_inventory
@@ -371,67 +437,115 @@ def results() -> None:
     """Browse, export and import stored results."""
 
 
+def _when(ctx: Any, param: Any, value: str | None) -> datetime | None:
+    """--since/--until: a UTC date or time (2026-12-01, 2026-12-01T02:30) or an age back from now (7d, 12h)."""
+    if value is None:
+        return None
+    from results.prune import parse_duration
+
+    text = value.strip()
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return datetime.now(timezone.utc).replace(tzinfo=None) - parse_duration(text, key=param.opts[0])
+        except HarnessError:
+            raise click.BadParameter(f"{value!r} is neither a UTC date or time (2026-12-01, 2026-12-01T02:30) nor "
+                                     "an age (7d, 12h, 2w)") from None
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+RUN_STATUSES = ("running", "abandoned", "complete", "partial", "interrupted", "failed")
+
+
 @results.command("list")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--tag", default=None, help="Only runs with this tag.")
+@click.option("--device", default=None, help="Only runs this device took part in.")
+@click.option("--status", type=click.Choice(RUN_STATUSES), default=None, help="Only runs that ended so.")
+@click.option("--since", default=None, callback=_when, metavar="WHEN",
+              help="Only runs started at or after WHEN: a UTC date or time (2026-12-01, 2026-12-01T02:30) or an age "
+                   "(7d, 12h).")
+@click.option("--until", default=None, callback=_when, metavar="WHEN", help="Only runs started before WHEN.")
+@format_option
 @db_option
-def results_list(limit: int, db: str | None) -> None:
+@output_options
+def results_list(limit: int, tag: str | None, device: str | None, status: str | None, since: datetime | None,
+                 until: datetime | None, fmt: str, db: str | None) -> None:
     """List runs, newest first."""
-    store = _read_store(db)
-    table = Table()
-    for col in ("run id", "started (UTC)", "status", "matrix", "tag", "devices", "results"):
-        table.add_column(col)
-    from harness.report import device_label
+    from harness import views
 
-    for r in store.list_runs(limit):
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(r["counts"].items()))
-        devices = ",".join(device_label(d, d in r["emulated"]) for d in r["devices"])
-        table.add_row(*_cells(r["run_id"], r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), r["status"], r["matrix"],
-                              r["tag"] or "-", devices, counts or "-"))
-    console.print(table)
+    store = _read_store(db)
+    records = views.run_list_records(store.list_runs(limit, tag=tag, device=device, status=status, since=since,
+                                                     until=until))
+    if records or fmt != "text":
+        _emit(fmt, records, views.RUN_LIST_COLS, views.run_list_rows(records))
+    elif _verbosity >= 0:
+        err_console.print("no runs" + (" match these filters" if any((tag, device, status, since, until)) else
+                                       " stored yet"))
 
 
 @results.command("show")
-@click.argument("run_id")
+@click.argument("run_ref", metavar="RUN")
+@format_option
 @db_option
-def results_show(run_id: str, db: str | None) -> None:
-    """Show one run's results."""
+@output_options
+def results_show(run_ref: str, fmt: str, db: str | None) -> None:
+    """Show one run's results (RUN: an id or unique prefix, tag:NAME, latest, latest~N, latest@DEVICE)."""
     from harness.controller import DeviceOutcome, RunOutcome
 
     store = _read_store(db)
-    run_row = store.get_run(run_id)
+    run_row = store.get_run(run_ref)
     outcome = RunOutcome(run_id=run_row.id, status=store.run_state(run_row),
                          devices={n: DeviceOutcome(n, status=st, error=err)
                                   for n, (st, err) in store.run_device_states(run_row.id).items()},
                          counts=store.status_counts(run_row.id), error=run_row.error)
-    _print_summary(store, outcome, resume_hint=_resume_command(run_row.id, db, None))
+    _print_summary(store, outcome, resume_hint=_resume_command(run_row.id, db, None), fmt=fmt)
 
 
 @results.command("export")
-@click.argument("run_id", required=False)
+@click.argument("run_id", metavar="[RUN]", required=False)
 @click.option("--all", "all_runs", is_flag=True, help="Export every run.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-@click.option("-o", "--output", default="-", metavar="FILE", help="Write here (default stdout).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "pyperf"]), default="csv", show_default=True,
+              help="csv or json (every column; `results import` reads them back), or pyperf (a pyperf benchmark "
+                   "suite: `pyperf stats`, `hist` and `compare_to` read it).")
+@click.option("-o", "--output", "out_path", default="-", metavar="FILE", help="Write here (default stdout).")
 @db_option
-def results_export(run_id: str | None, all_runs: bool, fmt: str, output: str, db: str | None) -> None:
-    """Export one run (or --all) as CSV or JSON: one row per (run, device, case)."""
+@output_options
+def results_export(run_id: str | None, all_runs: bool, fmt: str, out_path: str, db: str | None) -> None:
+    """Export one run (or --all) as CSV or JSON (one row per run, device and case), or as pyperf JSON."""
     from results.exchange import export_rows, write_csv, write_json
 
     if bool(run_id) == all_runs:
-        raise HarnessError("give a RUN_ID or --all (not both)")
+        raise HarnessError("give a RUN or --all (not both)")
+    if fmt == "pyperf" and all_runs:
+        raise HarnessError("--format pyperf writes one run (a pyperf suite is one run's benchmarks); give a RUN")
     store = _read_store(db)
     ids = None if all_runs else [store.get_run(run_id).id]  # type: ignore[arg-type]
     rows = export_rows(store, ids)
-    writer = write_csv if fmt == "csv" else write_json
-    if output == "-":
+    if fmt == "pyperf":
+        from results.interop import pyperf_suite
+
+        suite, left_out = pyperf_suite(rows)
+        if left_out and _verbosity >= 0:
+            err_console.print(f"{left_out} case(s) without raw samples (failed, skipped, timed out or pruned) are not "
+                              "in the pyperf file")
+
+        def writer(_rows: Any, fh: Any) -> None:
+            fh.write(json.dumps(suite, allow_nan=False) + "\n")
+    else:
+        writer = write_csv if fmt == "csv" else write_json  # type: ignore[assignment]
+    if out_path == "-":
         writer(rows, sys.stdout)
     else:
         try:
-            with open(output, "w", newline="") as fh:
+            with open(out_path, "w", newline="") as fh:
                 writer(rows, fh)
         except OSError as exc:
-            raise HarnessError(f"{terminal(output)}: cannot write the export: {exc.strerror}; check that the "
+            raise HarnessError(f"{terminal(out_path)}: cannot write the export: {exc.strerror}; check that the "
                                "folder exists and is writable") from None
-        err_console.print(f"wrote {len(rows)} row(s) to {_e(output)}")
+        if _verbosity >= 0:
+            err_console.print(f"wrote {len(rows)} row(s) to {_e(out_path)}")
 
 
 def _size(text: str) -> int:
@@ -454,24 +568,32 @@ def _size(text: str) -> int:
                                             "the devices' fingerprints agree).")
 @click.option("--max-size", "max_size", default="1G", show_default=True, metavar="SIZE",
               callback=lambda _ctx, _param, value: _size(value), help="Refuse a file larger than this (500M, 2G).")
+@click.option("--device", default=None, metavar="NAME",
+              help="pyperf and pytest-benchmark files: the device that ran them (default: the file's host name).")
+@click.option("--tag", default=None, help="pyperf and pytest-benchmark files: a tag for the new run.")
 @db_option
-def results_import(file: str, merge: bool, max_size: int, db: str | None) -> None:
-    """Import what `results export` wrote; rows already present are skipped."""
+@output_options
+def results_import(file: str, merge: bool, max_size: int, device: str | None, tag: str | None,
+                   db: str | None) -> None:
+    """Import what `results export` wrote, or a pyperf or pytest-benchmark JSON file (its benchmarks become
+    cases of variant external); rows already present are skipped."""
     from results.exchange import import_rows, prepare_import, read_rows
     from results.store import open_store
 
     # The whole file is read and validated before the database is opened (or created).
-    prepared = prepare_import(read_rows(file, max_bytes=max_size), file)
+    prepared = prepare_import(read_rows(file, max_bytes=max_size, device=device, tag=tag), file)
     store = open_store(db)
     counts = import_rows(store, prepared, merge=merge)
+    runs = ", ".join(sorted(prepared.runs)) if len(prepared.runs) <= 3 else f"{len(prepared.runs)} runs"
     console.print(f"imported {counts['measurements_added']} measurement(s) in {counts['runs_added']} new run(s); "
-                  f"{counts['measurements_skipped']} already present")
+                  f"{counts['measurements_skipped']} already present ({_e(runs)})")
 
 
 @results.command("prune")
 @click.option("--older-than", "older_than", required=True, metavar="AGE",
               help="Drop raw samples of runs started longer ago than this: 180d, 26w, 12h.")
 @db_option
+@output_options
 def results_prune(older_than: str, db: str | None) -> None:
     """Drop the raw samples of old runs; every summary (p50, p90, ...) is kept."""
     from results.prune import describe, parse_duration, prune_samples
@@ -483,54 +605,72 @@ def results_prune(older_than: str, db: str | None) -> None:
 
 
 # -- compare, regress, nightly ---------------------------------------------------------------------------
+FAIL_ON = {"slower": ("slower",), "failing": ("newly failing",)}
+
+
 @cli.command()
-@click.argument("run_a")
-@click.argument("run_b")
+@click.argument("run_a", metavar="RUN_A")
+@click.argument("run_b", metavar="RUN_B")
 @click.option("--devices", "devices_opt", default="", help="Only these devices (comma-separated).")
 @click.option("--force", is_flag=True, help="Compare runs whose environments differ (the fields are listed).")
 @click.option("--min-effect", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Smallest speedup change that counts (a fraction: 0.05 is 5%).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--fail-on", "fail_on", default=None, metavar="WHAT",
+              help="Exit 1 when a case got slower (slower), started failing (failing), or either (slower,failing): "
+                   "for CI.")
+@format_option
 @db_option
-def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: float, fmt: str,
+@output_options
+def compare(run_a: str, run_b: str, devices_opt: str, force: bool, min_effect: float, fail_on: str | None, fmt: str,
             db: str | None) -> None:
-    """Per case: both medians, speedup A/B with a bootstrap interval, and a verdict."""
-    from dataclasses import asdict
+    """Per case: both medians, speedup A/B with a bootstrap interval, and a verdict.
 
-    from harness.report import comparison_rows
+    RUN_A and RUN_B: a run id or unique prefix, tag:NAME (or a bare tag), latest, latest~N, latest@DEVICE."""
+    from harness import views
+    from harness.report import emulation_warning
     from results.compare import compare_runs
 
+    failing_verdicts: tuple[str, ...] = ()
+    for word in (fail_on or "").split(","):
+        if word.strip():
+            if word.strip() not in FAIL_ON:
+                raise click.BadParameter(f"{word.strip()!r}; give slower, failing or slower,failing",
+                                         param_hint="--fail-on")
+            failing_verdicts += FAIL_ON[word.strip()]
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()] or None
     result = compare_runs(_read_store(db), run_a, run_b, devices=devices, min_effect=min_effect, force=force)
+    rows = views.compare_rows(result)
+    notes = console if fmt == "text" else err_console
     if fmt == "json":
-        print(json.dumps(asdict(result), indent=1, default=str, allow_nan=False))
-        return
-    for d in result.stable_diffs:
-        console.print("[red bold]NOT COMPARABLE[/] " + _e(f"{d.device}: {d.field} {d.a!r} -> {d.b!r}"))
-    from harness.report import emulation_warning
-
-    warning = emulation_warning(result.emulated_devices)
-    if warning:
-        console.print("[yellow bold]" + _e(warning) + "[/]")
-    table = Table(title=Text(terminal(f"A = {result.run_a}, B = {result.run_b} (speedup = A/B, > 1 means B is "
-                                      "faster)")))
-    for col in ("device", "case", "A p50 ms", "B p50 ms", "speedup", "95% CI", "verdict"):
-        table.add_column(col, justify="right" if "ms" in col or col in ("speedup", "95% CI") else "left")
-    for row in comparison_rows(result):
-        table.add_row(*_cells(*row))
-    console.print(table)
+        print(dumps(views.compare_record(result)))
+    elif fmt == "markdown":
+        print(views.compare_markdown(result, rows, output.markdown_table(views.COMPARE_COLS, rows)))
+    else:
+        for d in result.stable_diffs:
+            console.print("[red bold]NOT COMPARABLE[/] " + _e(f"{d.device}: {d.field} {d.a!r} -> {d.b!r}"))
+        warning = emulation_warning(result.emulated_devices)
+        if warning:
+            console.print("[yellow bold]" + _e(warning) + "[/]")
+        output.print_table(console, f"A = {result.run_a}, B = {result.run_b} (speedup = A/B, > 1 means B is faster)",
+                           views.COMPARE_COLS, rows)
+        counts = ", ".join(f"{n} {v}" for v, n in result.counts.items())
+        geo = f"{result.geomean:.3f}" if result.geomean else "-"
+        console.print(f"geometric mean speedup {geo}; {_e(counts)}")
     if result.bad_values:
         from results.validate import summarize_bad
 
         err_console.print(_e("warning: " + summarize_bad(result.bad_values)))
-    counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts.items()))
-    geo = f"{result.geomean:.3f}" if result.geomean else "-"
-    console.print(f"geometric mean speedup {geo}; {counts}")
     busy = [c for c in result.cases if c.contended]
     if busy:
         err_console.print(f"[yellow]warning:[/] {len(busy)} case(s) were measured under contention on one side "
                           "(marked 'contended!'): other processes used the device's CPUs, so their speedups say "
                           "little. Re-measure them on a quiet device.")
+    failing = [c for c in result.cases if c.verdict in failing_verdicts]
+    if failing:
+        if _verbosity >= 0:
+            notes.print(_e(f"--fail-on {fail_on}: {len(failing)} case(s) " +
+                           " or ".join(sorted({c.verdict for c in failing})) + " in B"))
+        sys.exit(1)
 
 
 def _regress(store: Any, devices: list[str] | None, history: bool, min_effect: float, alpha: float,
@@ -580,7 +720,7 @@ metric_option = click.option("--metric", "metrics", multiple=True, default=("lat
 @cli.command()
 @click.option("--devices", "devices_opt", default="", help="Only these devices (comma-separated).")
 @click.option("--history", is_flag=True, help="List every change point in the stored history.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@format_option
 @click.option("--min-effect", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Smallest relative change reported (a fraction: 0.05 is 5%).")
 @click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -591,6 +731,7 @@ metric_option = click.option("--metric", "metrics", multiple=True, default=("lat
 @metric_option
 @db_option
 @inventory_option
+@output_options
 def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha: float, confirm_rounds: int,
             metrics: tuple[str, ...], db: str | None, inventory: str | None) -> None:
     """The newest run per device against its history (exit 1 on regressions), or --history."""
@@ -609,7 +750,7 @@ def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha:
     elif fmt == "markdown":
         print(findings_markdown(findings, title="attn-harness regressions", mode=mode))
     else:
-        print(terminal(findings_text(findings, mode=mode), keep_newlines=True))
+        print(terminal(findings_text(findings, mode=mode, verbose=_verbosity > 0), keep_newlines=True))
     if not history and any(f.direction == "regression" for f in findings):
         sys.exit(1)
 
@@ -631,10 +772,12 @@ _NIGHTLY_MEANING = {0: "checked; no regression, every case produced a result or 
 @click.option("--min-effect", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @wait_timeout_option
+@format_option
 @db_option
 @inventory_option
+@output_options
 def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, min_effect: float, alpha: float,
-            wait_timeout: float | None, db: str | None, inventory: str | None) -> None:
+            wait_timeout: float | None, fmt: str, db: str | None, inventory: str | None) -> None:
     """Run the sweep, then regress the newest run against history, then write the markdown report.
 
     Exit 0: no regression; 1: regression found, or cases failed or timed out; 3: could not check (a device
@@ -645,10 +788,11 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
 
     from devices.inventory import load_inventory
     from harness.controller import run_sweep
-    from harness.progress import ProgressView
-    from harness.report import findings_text, nightly_markdown
+    from harness.report import findings_json, findings_text, nightly_markdown
     from results.exchange import export_rows
     from results.store import open_store
+
+    from workloads.spec import case_label
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()]
     inv = load_inventory(inventory)
@@ -670,7 +814,7 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
 
     store = open_store(db)
     try:
-        with ProgressView(console, err_console) as view:
+        with _progress(fmt) as view:
             outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event,
                                 wait_timeout_s=wait_timeout)
     except KeyboardInterrupt:
@@ -679,7 +823,8 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
         failed("the sweep", exc)
     if outcome is not None:
         try:
-            _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
+            if fmt == "text":
+                _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
             problem_rows = [r for r in export_rows(store, [outcome.run_id]) if r["status"] != "ok"]
         except Exception as exc:  # noqa: BLE001
             failed("reading the run back", exc)
@@ -715,9 +860,19 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
         err_console.print(_e(f"error: cannot write the report {path}: {exc.strerror}"))
         code = code if code else NIGHTLY_COULD_NOT_CHECK
     else:
-        console.print(f"report written to {_e(path)}")
-    if findings is not None:
-        print(terminal(findings_text(findings, mode="latest"), keep_newlines=True))
+        if _verbosity >= 0:
+            (console if fmt == "text" else err_console).print(f"report written to {_e(path)}")
+    if fmt == "json":
+        print(dumps({"run_id": run_id, "status": outcome.status if outcome else None, "exit_code": code,
+                     "exit_meaning": _NIGHTLY_MEANING[code], "report": path,
+                     "problems": [{k: r.get(k) for k in ("device", "status", "error", "case_hash")}
+                                  | {"case": case_label(r)} for r in problem_rows],
+                     "findings": json.loads(findings_json(findings)) if findings is not None else None,
+                     "could_not_check": could_not_check}))
+    elif fmt == "markdown":
+        print(text)
+    elif findings is not None:
+        print(terminal(findings_text(findings, mode="latest", verbose=_verbosity > 0), keep_newlines=True))
     for line in could_not_check:
         err_console.print(_e(f"could not check: {line}"))
     sys.exit(code)
@@ -726,6 +881,7 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
 @cli.command()
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
 @db_option
+@output_options
 def dashboard(port: int, db: str | None) -> None:
     """Start the Streamlit dashboard on 127.0.0.1 against the results database (read-only)."""
     import os
@@ -744,6 +900,7 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @db_option
+@output_options
 def db_upgrade(db: str | None) -> None:
     """Migrate the schema in place to this harness's revision."""
     import os

@@ -18,16 +18,22 @@ def _e(text: Any) -> str:
 
 
 class ProgressView:
-    """Receives the controller's events (device, kind, payload) and renders them."""
+    """Receives the controller's events (device, kind, payload) and renders them.
 
-    def __init__(self, console: Console, err_console: Console | None = None) -> None:
+    `verbosity` -1 (--quiet): no bars and no per-case lines; the notes (CV warnings and the like) are
+    counted and said in one line at the end. 1 (-v): a line per finished case besides the bars."""
+
+    def __init__(self, console: Console, err_console: Console | None = None, verbosity: int = 0) -> None:
         self.console = console
         # Warnings and waits go to stderr, so a script reading stdout gets only results.
         self.err = err_console or console
+        self.verbosity = verbosity
+        self.quiet_notes = 0
         self.waiting_on: dict[str, Any] = {}
         self.progress = Progress(TextColumn("{task.fields[device]:<12}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=console, transient=False)
+                                 TimeRemainingColumn(), console=console, transient=False,
+                                 disable=verbosity < 0)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> "ProgressView":
@@ -36,10 +42,14 @@ class ProgressView:
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
+        if self.quiet_notes:
+            self.err.print(f"{self.quiet_notes} warning(s) about measured cases not shown (--quiet); run without "
+                           "it, or `harness results show RUN`, to see them")
 
     def event(self, device: str, kind: str, payload: Mapping[str, Any]) -> None:
         if kind == "run":
-            self.console.print(f"run id {payload['run_id']}")
+            if self.verbosity >= 0:
+                self.console.print(f"run id {_e(payload['run_id'])}")
             for name, total in payload["plans"].items():
                 self.tasks[name] = self.progress.add_task("", total=total, device=name, status="starting")
         elif kind == "start" and device in self.tasks:
@@ -47,8 +57,14 @@ class ProgressView:
             self.progress.update(self.tasks[device], status=_e(case_label(case)) if case else "")
         elif kind == "result" and device in self.tasks:
             self.progress.advance(self.tasks[device])
-            for note in payload.get("notes") or []:
+            notes = payload.get("notes") or []
+            if self.verbosity < 0:
+                self.quiet_notes += len(notes)
+                return
+            for note in notes:
                 self.err.print("[yellow]warning:[/] " + _e(note))
+            if self.verbosity > 0 and payload.get("status") == "ok":
+                self.console.print(_e(f"ok {device} {case_label(payload['case'])}"))
             if payload.get("status") in ("failed", "timeout"):
                 self.console.print(f"[red]{_e(payload['status'])}[/] " +
                                    _e(f"{device} {case_label(payload['case'])}: {payload.get('error')}"))

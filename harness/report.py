@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
+from harness.output import md_cell
 from harness.safe_text import terminal
 from workloads.spec import case_label
 
@@ -48,28 +49,56 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def md_cell(value: Any) -> str:
-    """Text for one markdown table cell: one line, pipes escaped, control characters shown as escapes."""
-    return terminal("" if value is None else value).replace("\\n", " ").replace("|", "\\|")
+def _when(started_at: Any) -> str:
+    """'2026-12-01 02:30 UTC' from a stored ISO time (or the text as it is)."""
+    t = str(started_at)
+    return (t[:16].replace("T", " ") + " UTC") if len(t) >= 16 and t[10] in "T " else t
 
 
-def _line(f: Any) -> str:
+def _value(x: float, interval: tuple[float, float], unit: str) -> str:
+    u = f" {unit}" if unit else ""
+    return f"{_num(x)}{u} [{_num(interval[0])}, {_num(interval[1])}]"
+
+
+def differs_text(f: Any) -> str:
+    """What differs between the last run before a change and the first after it, or that nothing does."""
+    if not f.differs:
+        return "unchanged (harness revision, library versions and fingerprint agree)"
+    return "; ".join(f"{k} {a} -> {b}" for k, (a, b) in f.differs.items())
+
+
+def finding_lines(f: Any, *, verbose: bool = False) -> list[str]:
+    """One finding as a few short lines: what changed and by how much, then the evidence, then the
+    environment and the likely cause. `verbose` adds the runs on both sides."""
     unit = UNITS.get(f.metric, "")
-    differs = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in f.differs.items()) or "nothing recorded"
-    return (f"{f.direction.upper()} {device_label(f.device, f.emulated)} {case_label(f.case)} {f.metric}: "
-            f"{_num(f.before)} {unit} [{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] -> "
-            f"{_num(f.after)} {unit} "
-            f"[{_num(f.after_interval[0])}, {_num(f.after_interval[1])}] ({f.change_pct:+.1f}%), "
-            f"first in run {f.run_id} at {f.started_at}; {f.statistic_name} = {_num(f.statistic)}, "
-            f"p = {f.p_value:.2g}; runs before {len(f.runs_before)}, after {len(f.runs_after)}; "
-            f"differs: {differs}" + (f"; likely cause: {f.cause}" if f.cause else ""))
+    out = [f"{f.direction.upper()} {device_label(f.device, f.emulated)} {case_label(f.case)} {f.metric} "
+           f"{f.change_pct:+.1f}%",
+           f"  {_value(f.before, f.before_interval, unit)} -> {_value(f.after, f.after_interval, unit)}",
+           f"  first in run {f.run_id} at {_when(f.started_at)}; {f.statistic_name} = {_num(f.statistic)}, "
+           f"p = {f.p_value:.2g}; {len(f.runs_before)} run(s) before, {len(f.runs_after)} after",
+           f"  environment: {differs_text(f)}"]
+    if f.cause:
+        out.append(f"  likely cause: {f.cause}")
+    if verbose:
+        out.append(f"  runs before: {', '.join(f.runs_before) or '-'}")
+        out.append(f"  runs after: {', '.join(f.runs_after) or '-'}")
+    return out
 
 
-def findings_text(findings: Sequence[Any], *, mode: str) -> str:
+def findings_text(findings: Sequence[Any], *, mode: str, verbose: bool = False) -> str:
+    """Findings for a terminal: a count, then each finding as a short block (lines under 100 characters
+    but for long case labels and causes)."""
     if not findings:
         return "no regressions or improvements found" if mode == "latest" else "no change points in the history"
+    regressions = sum(1 for f in findings if f.direction == "regression")
+    out = [f"{regressions} regression(s), {len(findings) - regressions} improvement(s)"
+           + (" against each series' stable history" if mode == "latest" else " in the stored history")]
     warning = emulation_warning(sorted({f.device for f in findings if f.emulated}))
-    return "\n".join(([warning] if warning else []) + [_line(f) for f in findings])
+    if warning:
+        out.append(warning)
+    for f in findings:
+        out += [""] + finding_lines(f, verbose=verbose)
+    return "\n".join(out)
 
 
 def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
@@ -89,7 +118,7 @@ def findings_markdown(findings: Sequence[Any], *, title: str, mode: str) -> str:
                 "| device | case | metric | before | after | change | first run | statistic | differs |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for f in group:
-            differs = md_cell("; ".join(f"{k}: {a} → {b}" for k, (a, b) in f.differs.items()) or "-")
+            differs = md_cell("; ".join(f"{k}: {a} → {b}" for k, (a, b) in f.differs.items()) or "unchanged")
             out.append(f"| {md_cell(device_label(f.device, f.emulated))} | {md_cell(case_label(f.case))} | {f.metric} | "
                        f"{_num(f.before)} "
                        f"[{_num(f.before_interval[0])}, {_num(f.before_interval[1])}] | {_num(f.after)} "

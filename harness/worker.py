@@ -26,6 +26,7 @@ from devices import thermal
 from devices.contention import Contention, CpuSnapshot, contention, worker_cpus
 from workloads.errors import HarnessError
 from workloads.matrix import MeasureConfig
+from workloads.spec import EXTERNAL
 from workloads.timing import measure
 
 
@@ -87,6 +88,9 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     from kernels.registry import Context, Unsupported, lookup
 
     case = request["case"]
+    if case.get("variant") == EXTERNAL:  # an imported benchmark: nothing here can run it (the matrix refuses it)
+        return {"status": "skipped", "error": f"variant {EXTERNAL} is import-only: results of benchmarks imported "
+                                              "from pyperf or pytest-benchmark files; no kernel runs them"}
     cfg = MeasureConfig.from_dict(request.get("measure", {}))
     caps = request.get("caps") or {}
     result: dict[str, Any] = {"status": "failed", "error": None}

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from harness.safe_text import spreadsheet_cell, spreadsheet_restore
 from workloads.errors import ConfigError
-from workloads.spec import CASE_COLUMNS, CaseKeyError, canonical_case, case_hash
+from workloads.spec import CASE_COLUMNS, PUBLIC_CASE_COLUMNS, CaseKeyError, canonical_case, case_hash
 from workloads.yamlload import read_text
 
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
@@ -49,6 +49,15 @@ MEASUREMENT_COLUMNS = (
 )
 EXTRA_COLUMNS = ("samples_ms", "details", "fingerprint", "matrix_text", "measure")
 COLUMNS = RUN_COLUMNS + MEASUREMENT_COLUMNS + EXTRA_COLUMNS
+# Test-only case keys (`workloads.spec.KeySpec.hidden`): written only when a row uses them.
+HIDDEN_COLUMNS = tuple(c for c in CASE_COLUMNS if c not in PUBLIC_CASE_COLUMNS)
+
+
+def columns_for(rows: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The export columns of these rows: every column, but a hidden one only if some row has a value in it."""
+    rows = list(rows)
+    used = {c for c in HIDDEN_COLUMNS if any(r.get(c) is not None for r in rows)}
+    return tuple(c for c in COLUMNS if c not in HIDDEN_COLUMNS or c in used)
 JSON_COLUMNS = {"samples_ms", "details", "fingerprint", "measure"}
 INT_COLUMNS = {"seq_len", "batch", "heads", "head_dim", "model_dim", "threads", "window", "block_size", "topk",
                "rank", "depth", "group_size", "slowdown", "n_samples", "inner_loops", "threads_used", "kv_bytes",
@@ -176,14 +185,18 @@ def _cell(value: Any, column: str) -> str:
 def write_csv(rows: list[dict[str, Any]], fh: io.TextIOBase | Any) -> None:
     """CSV as SPEC.md lists the columns. Text cells a spreadsheet would read as a formula (starting with
     = + - @, tab or CR) get a leading `'` (`harness.safe_text.spreadsheet_cell`); import removes it."""
-    writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), lineterminator="\n")
+    columns = columns_for(rows)
+    writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(row.get(c), c) for c in COLUMNS})
+        writer.writerow({c: _cell(row.get(c), c) for c in columns})
 
 
 def write_json(rows: list[dict[str, Any]], fh: Any) -> None:
     """A JSON list of rows; never NaN or Infinity (JSON has neither: they are written as null)."""
+    hidden = [c for c in HIDDEN_COLUMNS if c not in columns_for(rows)]
+    if hidden:
+        rows = [{k: v for k, v in r.items() if k not in hidden} for r in rows]
     try:
         text = json.dumps(rows, indent=1, sort_keys=False, allow_nan=False)
     except ValueError:
@@ -246,8 +259,11 @@ def _where(i: int, line: int | None) -> str:
     return f"row {i + 1}" + (f" (line {line})" if line else "")
 
 
-def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES) -> Rows:
-    """Rows from a file `export` wrote: JSON (a list of objects) or CSV, by extension, else by content.
+def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES, device: str | None = None,
+              tag: str | None = None) -> Rows:
+    """Rows from a file `export` wrote: JSON (a list of objects) or CSV, by extension, else by content;
+    or from a pyperf or pytest-benchmark JSON file (`results.interop`: one new run on `device`, tagged
+    `tag`, its benchmarks cases of variant external).
 
     Refuses, before anything is written: a path that is not a regular file, a file over `max_bytes`,
     text that is not UTF-8, JSON with NaN/Infinity or that is not a list of objects, CSV that does not
@@ -260,6 +276,13 @@ def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES) -> Rows:
         is_json = lower.endswith(".json") or (not lower.endswith(".csv") and text.lstrip()[:1] in ("[", "{"))
         if is_json:
             raw, lines = _read_json(text, path), None
+            if isinstance(raw, dict):
+                from .interop import foreign_rows
+
+                raw = foreign_rows(raw, text.encode(), path, device=device, tag=tag)
+            elif device is not None or tag is not None:
+                raise ConfigError("--device and --tag are for pyperf and pytest-benchmark files; a harness export "
+                                  "keeps its own devices and tags", file=path)
         else:
             raw, lines = _read_csv(text, path, max_bytes)
     except MemoryError:
@@ -285,7 +308,7 @@ def read_rows(path: str, *, max_bytes: int = IMPORT_MAX_BYTES) -> Rows:
     return rows
 
 
-def _read_json(text: str, path: str) -> list[Any]:
+def _read_json(text: str, path: str) -> list[Any] | dict[str, Any]:
     try:
         raw = _json_loads(text)
     except _NotFinite as exc:
@@ -299,10 +322,10 @@ def _read_json(text: str, path: str) -> list[Any]:
     except ValueError as exc:  # an integer literal beyond Python's digit limit, say
         why = "an integer with thousands of digits" if "digits" in str(exc) else str(exc)
         raise ConfigError(f"not valid JSON: {why}", file=path) from None
-    if not isinstance(raw, list):
+    if not isinstance(raw, (list, dict)):
         raise ConfigError(f"expected a JSON list of rows as `harness results export --format json` writes, got "
-                          f"{'an object' if isinstance(raw, dict) else type(raw).__name__}", file=path, line=1)
-    return raw
+                          f"{type(raw).__name__}", file=path, line=1)
+    return raw  # type: ignore[no-any-return]
 
 
 def _read_csv(text: str, path: str, max_bytes: int) -> tuple[list[dict[str, Any]], list[int | None]]:

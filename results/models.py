@@ -20,7 +20,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 
 class Base(DeclarativeBase):
@@ -89,16 +89,17 @@ class Case(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     hash: Mapped[str] = mapped_column(String(16), unique=True)
     variant: Mapped[str] = mapped_column(String(32), index=True)
-    precision: Mapped[str] = mapped_column(String(16), index=True)
-    backend: Mapped[str] = mapped_column(String(32))
-    scope: Mapped[str] = mapped_column(String(16))
-    seq_len: Mapped[int]
-    batch: Mapped[int]
-    heads: Mapped[int]
-    head_dim: Mapped[int]
+    # Empty only for an imported benchmark (variant external), which is its `name` alone.
+    precision: Mapped[Optional[str]] = mapped_column(String(16), index=True)
+    backend: Mapped[Optional[str]] = mapped_column(String(32))
+    scope: Mapped[Optional[str]] = mapped_column(String(16))
+    seq_len: Mapped[Optional[int]]
+    batch: Mapped[Optional[int]]
+    heads: Mapped[Optional[int]]
+    head_dim: Mapped[Optional[int]]
     model_dim: Mapped[Optional[int]]
     threads: Mapped[Optional[int]]
-    inputs: Mapped[str] = mapped_column(String(16))
+    inputs: Mapped[Optional[str]] = mapped_column(String(16))
     window: Mapped[Optional[int]]
     block_size: Mapped[Optional[int]]
     density: Mapped[Optional[float]] = mapped_column(Float)
@@ -109,6 +110,7 @@ class Case(Base):
     quant: Mapped[Optional[str]] = mapped_column(String(16))
     diff_lambda: Mapped[Optional[float]] = mapped_column(Float)
     slowdown: Mapped[Optional[int]]
+    name: Mapped[Optional[str]] = mapped_column(String(500))
     # The canonical case as JSON: the identity, including keys added by later schema revisions.
     params: Mapped[dict[str, Any]]
 

@@ -149,25 +149,11 @@ def runs(source: Any, limit: int | None = None) -> pd.DataFrame:
 
 
 def resolve_run(source: Any, ref: str) -> str:
-    """A full run id from an id, a unique prefix of one, or `latest` / `previous`."""
-    engine = engine_of(source)
-    with engine.connect() as conn:
-        if ref in ("latest", "previous"):
-            ids = conn.scalars(select(Run.id).order_by(Run.started_at.desc(), Run.id.desc()).limit(2)).all()
-            want = 0 if ref == "latest" else 1
-            if len(ids) <= want:
-                raise StoreError(f"there is no {ref} run in the database")
-            return ids[want]
-        if conn.scalar(select(Run.id).where(Run.id == ref)) is not None:
-            return ref
-        # A prefix is matched literally: '%' and '_' in it are characters, not LIKE wildcards.
-        found = conn.scalars(select(Run.id).where(Run.id.startswith(ref, autoescape=True)).limit(3)).all() \
-            if ref else []
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise StoreError(f"no run {terminal(ref)!r} in the database; `harness results list` shows the run ids")
-    raise StoreError(f"run id prefix {terminal(ref)!r} matches several runs ({', '.join(found)}, ...); give more of it")
+    """A full run id from a run reference (`results.runref`: an id or unique prefix, tag:NAME or a bare
+    tag, latest, latest~N, latest@DEVICE; `previous` is latest~1)."""
+    from .runref import resolve
+
+    return resolve(engine_of(source), ref)
 
 
 def run_devices(source: Any, run_ids: Sequence[str]) -> pd.DataFrame:

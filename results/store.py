@@ -637,17 +637,14 @@ class Store:
         cur.close()
 
     # -- reads ----------------------------------------------------------------------------------------
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, ref: str) -> Run:
+        """The run a reference names (an id, a unique prefix, tag:NAME, latest~N, ...: `results.runref`)."""
+        from .runref import resolve
+
+        run_id = resolve(self, ref)
         with self.Session() as s:
             run = s.get(Run, run_id)
-            if run is None:
-                # Accept an unambiguous prefix, as git does: matched literally (no LIKE wildcards).
-                matches = s.scalars(select(Run).where(Run.id.startswith(run_id, autoescape=True)).limit(3)).all()
-                if len(matches) == 1 and run_id:
-                    return matches[0]
-                hint = "is ambiguous" if run_id and matches else "does not exist"
-                raise StoreError(f"run '{terminal(run_id)}' {hint} in {self.safe_url}; `harness results list` shows "
-                                 "the runs")
+            assert run is not None
             return run
 
     def stored_hashes(self, run_id: str, device: str) -> set[str]:
@@ -687,10 +684,32 @@ class Store:
                              .where(RunDevice.run_id == run_id).order_by(RunDevice.id))
             return {name: (status, error) for name, status, error in rows}
 
-    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list_runs(self, limit: int = 50, *, tag: str | None = None, device: str | None = None,
+                  status: str | None = None, since: datetime | None = None,
+                  until: datetime | None = None) -> list[dict[str, Any]]:
+        """Runs newest first, at most `limit`, with their devices and result counts; filtered by tag,
+        a device that took part, status (as `run_state` reads it: `abandoned` included) and start time
+        (naive UTC, `since` inclusive, `until` exclusive)."""
+        q = select(Run).order_by(Run.started_at.desc(), Run.id.desc())
+        if tag is not None:
+            q = q.where(Run.tag == tag)
+        if device is not None:
+            q = q.where(Run.id.in_(select(RunDevice.run_id).join(Device, Device.id == RunDevice.device_id)
+                                   .where(Device.name == device)))
+        if status is not None:
+            # running and abandoned are both stored as running; which one is decided below, per run
+            q = q.where(Run.status == ("running" if status in ("running", "abandoned") else status))
+        if since is not None:
+            q = q.where(Run.started_at >= since)
+        if until is not None:
+            q = q.where(Run.started_at < until)
         with self.Session() as s:
-            runs = s.scalars(select(Run).order_by(Run.started_at.desc()).limit(limit)).all()
             now = self.db_now(s)
+            if status in ("running", "abandoned"):
+                runs = [r for r in s.scalars(q).all()
+                        if (controller_alive(r, now) is None) == (status == "abandoned")][:limit]
+            else:
+                runs = s.scalars(q.limit(limit)).all()
             ids = [r.id for r in runs]
             counts: dict[str, dict[str, int]] = {}
             for rid, st, n in select_in(s, select(Measurement.run_id, Measurement.status, func.count())

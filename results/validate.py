@@ -45,7 +45,7 @@ SUMMARY_RTOL = 1e-9
 # Text columns: longest value the database column holds.
 TEXT_LIMITS = {"run_id": 36, "run_status": 16, "matrix": 200, "tag": 200, "harness_version": 40,
                "git_revision": 64, "device": 200, "status": 16, "case_hash": 16, "power_source": 200,
-               "error": 1_000_000, "matrix_text": 1_000_000,
+               "error": 1_000_000, "matrix_text": 1_000_000, "name": 500,
                # ISO 8601 times, parsed by import_rows
                "started_at": 64, "finished_at": 64, "measured_at": 64, "measured_until": 64}
 # Float columns: (lowest, highest, lowest is allowed). Everything must be finite.

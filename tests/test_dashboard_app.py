@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -287,9 +288,23 @@ def test_run_detail_summarises_the_raw_samples_of_the_case_in_the_url(db: RealDB
     assert at.query_params["case"] == fp32["case_hash"]
     tables = [f.value for f in at.dataframe if list(f.value.columns) == ["field", "value"]]
     summary = dict(zip(tables[0]["field"], tables[0]["value"]))
-    assert int(float(summary["n"])) == fp32["n_samples"] == len(fp32["samples_ms"])
-    assert float(summary["median ms"]) == pytest.approx(fp32["latency_ms_p50"])
+    assert int(summary["n"]) == fp32["n_samples"] == len(fp32["samples_ms"])
+    assert summary["median"] == f"{fp32['latency_ms_p50']:.4g} ms"  # formatted, not 0.014490000000000001
+    samples = np.asarray(fp32["samples_ms"])
+    assert summary["CV"] == f"{100 * samples.std(ddof=1) / samples.mean():.1f}%"
     assert "Every case of this run" not in texts(at.success)  # the int4 case was skipped
+    cases = frame(at, "case", "status", "cos_sim")
+    shown = dict(zip(cases["case"], cases["cos_sim"]))
+    from harness.numfmt import cosine
+
+    for r in (x for x in db.rows if x["run_id"] == db.run_b and x["status"] == "ok"):
+        assert shown[_label(r)] == cosine(r["cos_sim"]) and shown[_label(r)] != "1"
+
+
+def _label(row: dict[str, Any]) -> str:
+    from workloads.spec import case_label
+
+    return case_label(row)
 
 
 # -- emulated devices -------------------------------------------------------------------------------------
@@ -334,6 +349,42 @@ def test_every_page_says_how_to_fix_a_missing_database(page: str, tmp_path: Path
     at = app(page)
     assert "no results database" in texts(at.error) and "harness run" in texts(at.error)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_link_to_a_run_that_is_not_stored_is_an_error_not_another_run(db: RealDB) -> None:
+    at = AppTest.from_file(str(VIEWS / "compare.py"), default_timeout=TIMEOUT)
+    at.query_params["a"] = "0badc0ffee00"
+    at.query_params["b"] = db.run_b
+    at.run()
+    assert not at.exception
+    assert "0badc0ffee00" in texts(at.error) and "not in this database" in texts(at.error)
+    assert at.selectbox(key="a").value is None  # not silently replaced by the previous run
+    assert not [df for df in at.dataframe if "verdict" in df.value.columns]  # nothing compared until one is picked
+    at.selectbox(key="a").set_value(db.run_a).run()
+    assert at.query_params["a"] == db.run_a and frame(at, "verdict", "speedup") is not None
+
+
+def test_links_name_runs_as_the_command_line_does(db: RealDB) -> None:
+    at = app("compare", a="latest~1", b="latest")
+    assert (at.selectbox(key="a").value, at.selectbox(key="b").value) == (db.run_a, db.run_b)
+    assert (at.query_params["a"], at.query_params["b"]) == ("latest~1", "latest")  # the link keeps meaning it
+    at = app("scaling", run=db.run_a[:6])
+    assert at.selectbox(key="run").value == db.run_a
+    at = app("run_detail", run="latest@nosuchdevice")
+    assert "not in this database" in texts(at.error)
+
+
+def test_compare_colours_the_verdicts(db: RealDB) -> None:
+    at = app("compare")
+    styled = [df for df in at.dataframe if "verdict" in df.value.columns]
+    assert styled, "no comparison table"
+    # the styler travels with the table to the browser: its CSS is in the element the page sent
+    sent = styled[0].proto.arrow_data.SerializeToString()
+    table = styled[0].value
+    from dashboard.charts import VERDICT_COLORS
+
+    for verdict in set(table["verdict"]) & set(VERDICT_COLORS):
+        assert VERDICT_COLORS[verdict].encode() in sent, verdict
 
 
 def test_the_router_opens_on_the_overview(db: RealDB) -> None:
@@ -391,7 +442,7 @@ def test_every_page_renders_in_headless_chromium(real_db: RealDB, tmp_path: Path
     fp32 = real_db.row(real_db.run_b, "fp32", 64)
     # (screenshot name or None, path, a heading to wait for, text that must be shown)
     pages = [
-        ("overview", "", "Newest run per device", real_db.run_b),  # the default page lives at /
+        ("overview", "overview", "Newest run per device", real_db.run_b),
         ("compare", f"compare?a={real_db.run_a}&b={real_db.run_b}", "Geometric mean speedup", "missing in A"),
         ("scaling", "scaling", "Fitted slopes", "slope"),
         ("tradeoffs", "tradeoffs", "against latency", "No energy per inference stored"),
@@ -448,6 +499,107 @@ def test_run_detail_shows_each_cases_contention_and_warns_when_any_was_contended
     ok = cases[cases["status"] == "ok"]
     assert ok["cpu_other"].notna().all()  # measured for every timed case
     stored = [r for r in db.rows if r["run_id"] == db.run_b and r["status"] == "ok"]
-    assert sorted(ok["cpu_other"]) == pytest.approx(sorted(r["cpu_other"] for r in stored))
+    from harness.numfmt import pct
+
+    assert sorted(ok["cpu_other"]) == sorted(pct(r["cpu_other"]) for r in stored)  # shown as percentages
     warned = "measured while other processes used the device's CPUs" in texts(at.warning)
     assert warned == any(r["contended"] for r in stored)
+
+
+def _failures_db(path: Path) -> tuple[str, str]:
+    """A real SQLite database, written through the store as runs write it: a run on pi4 whose dense fp32
+    series is measured at L=128..1024, whose int8 series failed at 512 and timed out at 1024, and whose
+    L=200000 case was skipped (it would not fit)."""
+    from workloads.spec import canonical_case
+
+    url = f"sqlite:///{path}"
+    store = Store(url)
+    run_id = store.create_run(matrix_name="failures", matrix_text="", measure={}, devices=["pi4"], tag="fails")
+    store.set_run_device(run_id, "pi4", status="complete", fingerprint={"cpu_model": "Cortex-A72"})
+    rng = np.random.default_rng(0)
+    for precision, k in (("fp32", 2e-5), ("int8", 8e-6)):
+        for n in (128, 256, 512, 1024):
+            case = canonical_case({"precision": precision, "seq_len": n})
+            if precision == "int8" and n >= 512:
+                status = "failed" if n == 512 else "timeout"
+                store.add_result(run_id, "pi4", case, {"status": status, "error": "MemoryError: 2.1 GB" if n == 512
+                                                       else "cut off after 120 s (measure.timeout_s)"})
+            else:
+                store.add_result(run_id, "pi4", case, {"status": "ok", "samples_ms": list(
+                    k * n * n * (1 + 0.02 * rng.standard_normal(12)))})
+    store.add_result(run_id, "pi4", canonical_case({"precision": "fp32", "seq_len": 200_000}),
+                     {"status": "skipped", "error": "needs 160 GB for the scores; the device has 4 GB"})
+    store.finish_run(run_id, "complete")
+    return url, run_id
+
+
+def test_scaling_lists_failed_timed_out_and_skipped_cases_apart(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    url, run_id = _failures_db(tmp_path / "failures.db")
+    monkeypatch.setenv("HARNESS_DB", url)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = app("scaling", run="tag:fails")
+    assert at.selectbox(key="run").value == run_id
+    not_ok = frame(at, "series", "status", "error")
+    assert sorted(not_ok["status"]) == ["failed", "skipped", "timeout"]
+    assert "MemoryError: 2.1 GB" in set(not_ok["error"])
+    slopes = frame(at, "series", "slope", "r2").set_index("series")
+    int8 = [s for s in slopes.index if s.startswith("dense int8")][0]
+    assert slopes.loc[int8, "ok points"] == 2 and pd.isna(slopes.loc[int8, "r2"])  # two points: no r^2
+    assert "Crosses in the strip" in texts(at.caption)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.mark.slow
+def test_overview_has_its_own_link_and_scaling_shows_failures_apart_in_chromium(tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make system-deps` (apt-get install chromium) installs it")
+    from playwright.sync_api import sync_playwright
+
+    out = Path(os.environ.get("ATTN_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    url, run_id = _failures_db(tmp_path / "failures.db")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_DB"}
+    code = f"from dashboard.launch import launch; raise SystemExit(launch({url!r}, {port}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for_port(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1400})
+            for path in ("overview", ""):  # /overview is a page of its own; / sends the browser there
+                page.goto(f"http://127.0.0.1:{port}/{path}", timeout=60_000)
+                page.get_by_text("Newest run per device").first.wait_for(timeout=60_000)
+                deadline = time.monotonic() + 30
+                while "/overview" not in page.url and time.monotonic() < deadline:
+                    page.wait_for_timeout(200)  # Streamlit moves the address with the history API
+                assert urlparse(page.url).path == "/overview", page.url
+                assert "Page not found" not in page.inner_text("body")
+            page.goto(f"http://127.0.0.1:{port}/scaling?run=tag:fails", timeout=60_000)
+            page.get_by_text("Points without a value").first.wait_for(timeout=60_000)
+            page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=60_000)
+            page.wait_for_selector('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg',
+                                   timeout=30_000)
+            page.wait_for_timeout(1500)
+            body = page.inner_text('[data-testid="stMainBlockContainer"]')
+            assert page.locator('[data-testid="stException"]').count() == 0, body[:2000]
+            assert "Crosses in the strip under a chart" in body and "Points without a value" in body
+            assert "run=tag" in page.url  # the reference stays in the link
+            target = out / "scaling_failures.png"
+            page.screenshot(path=str(target), full_page=True)
+            assert target.stat().st_size > 20_000
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -16,7 +16,13 @@ from results.compare import (FASTER, FIXED, MISSING_IN_A, NEWLY_FAILING, NOISE, 
 
 
 def _layers(chart: dict) -> list[dict]:
-    return chart["layer"]
+    """The layers of a chart, or of its main (first) panel when a failure strip is stacked under it."""
+    return chart["vconcat"][0]["layer"] if "vconcat" in chart else chart["layer"]
+
+
+def _strip(chart: dict) -> dict:
+    assert "vconcat" in chart, "no strip under the chart"
+    return chart["vconcat"][1]
 
 
 def _datasets(chart: dict) -> list[list[dict]]:
@@ -32,6 +38,13 @@ def test_loglog_slope_recovers_a_planted_exponent() -> None:
     assert slope == pytest.approx(1.0)
     assert charts.loglog_slope([128], [1.0]) == (None, None)
     assert charts.loglog_slope([128, 256], [1.0, float("nan")]) == (None, None)
+
+
+def test_a_two_point_fit_has_a_slope_but_no_r2() -> None:
+    slope, r2 = charts.loglog_slope([128, 256], [1.0, 4.0])
+    assert slope == pytest.approx(2.0) and r2 is None
+    _, r2 = charts.loglog_slope([128, 256, 512], [1.0, 4.0, 15.0])
+    assert r2 is not None and r2 < 1.0
 
 
 def _measurements() -> pd.DataFrame:
@@ -64,21 +77,39 @@ def test_scaling_slopes_fit_ok_points_and_count_the_others() -> None:
     assert int8["slope"] == pytest.approx(2.0) and int8["ok points"] == 3 and int8["not ok points"] == 1
 
 
-def test_scaling_chart_is_log_log_with_slope_legend_and_failed_points_marked() -> None:
+def test_scaling_chart_is_log_log_with_slope_legend_and_failed_points_in_a_strip_not_on_the_axis() -> None:
     chart = charts.scaling_chart(charts.scaling_points(_measurements()))
-    layers = _layers(chart)
-    line, crosses = layers
+    (line,) = _layers(chart)
     assert line["encoding"]["x"]["scale"]["type"] == "log" and line["encoding"]["y"]["scale"]["type"] == "log"
-    assert crosses["mark"]["shape"] == "cross"
-    data = _datasets(chart)
-    legend = {r["line"] for d in data for r in d if "line" in r}
+    legend = {r["line"] for r in chart["datasets"]["ok"]}
     # keys every series shares (b=1 h=8 d=64) are left out of the legend; the table has them
     assert legend == {"dense fp32 (slope 2.00)", "dense int8 quant=per_block (slope 2.00)"}
-    failed = [r for d in data for r in d if r.get("status") == "failed"]
-    assert len(failed) == 1 and failed[0]["seq_len"] == 1024 and failed[0]["error"] == "MemoryError"
-    # drawn on the bottom edge: below every ok point
-    ok_min = min(r["value"] for d in data for r in d if r.get("status") == "ok")
-    assert failed[0]["value"] < ok_min
+    # the failed case is in the strip's data only, with no value a reader could take for a measurement
+    assert all(r["status"] == "ok" for r in chart["datasets"]["ok"])
+    (failed,) = chart["datasets"]["not_ok"]
+    assert failed["seq_len"] == 1024 and failed["error"] == "MemoryError" and failed["value"] is None
+    strip = _strip(chart)
+    crosses = strip["layer"][0]
+    assert crosses["mark"]["shape"] == "cross" and crosses["encoding"]["y"]["field"] == "status"
+    assert chart["resolve"]["scale"] == {"x": "shared", "color": "independent"}
+
+
+def test_a_skipped_huge_case_does_not_stretch_the_axis_it_sits_at_the_edge_labelled() -> None:
+    df = _measurements()
+    huge = df.iloc[0].to_dict() | {"seq_len": 200_000, "status": "skipped", "latency_ms_p50": None,
+                                   "error": "would need 300 GB", "case_hash": "huge"}
+    chart = charts.scaling_chart(charts.scaling_points(pd.concat([df, pd.DataFrame([huge])])))
+    (line,) = _layers(chart)
+    scale = line["encoding"]["x"]["scale"]
+    assert scale["domain"] == [128, 1024] and scale["clamp"] is True
+    beyond = [r for r in chart["datasets"]["not_ok"] if r["beyond"]]
+    assert [(r["seq_len"], r["beyond_label"]) for r in beyond] == [(200_000, "L=200000")]
+
+
+def test_a_chart_without_failures_has_no_strip() -> None:
+    df = _measurements()
+    chart = charts.scaling_chart(charts.scaling_points(df[df["status"] == "ok"]))
+    assert "vconcat" not in chart and "not_ok" not in chart["datasets"]
 
 
 # -- trade-offs -------------------------------------------------------------------------------------------
@@ -111,16 +142,18 @@ def test_tradeoff_points_compute_fronts_per_device_and_workload_and_one_minus_co
         charts.tradeoff_points(df, "bogus")
 
 
-def test_tradeoff_chart_colors_by_device_shapes_by_precision_and_draws_the_front() -> None:
+def test_tradeoff_chart_colors_by_workload_shapes_by_precision_and_draws_the_front() -> None:
     df = pd.DataFrame({"device": ["a", "a", "b"], "shape": ["L=1"] * 3, "case": ["x", "y", "z"],
                        "precision": ["fp32", "int8", "fp32"],
                        "variant": ["dense"] * 3, "seq_len": [1] * 3, "latency_ms": [1.0, 2.0, 3.0],
                        "error": [1e-3, 1e-5, 1e-4], "energy_mj": [None] * 3, "front_accuracy": [True, True, True],
                        "front_energy": [False] * 3, "case_hash": ["1", "2", "3"]})
     line, dots = _layers(charts.tradeoff_chart(df))
-    assert dots["encoding"]["color"]["field"] == "device" and dots["encoding"]["shape"]["field"] == "precision"
+    # workloads are told apart by colour (a chart per device), precisions by shape
+    assert dots["encoding"]["color"]["field"] == "shape" and dots["encoding"]["shape"]["field"] == "precision"
     assert line["mark"]["type"] == "line" and line["mark"]["interpolate"] == "step-after"
-    assert line["encoding"]["detail"]["field"] == "shape"  # one front per device and workload
+    assert line["encoding"]["detail"]["field"] == "shape"  # one front per workload
+    assert line["encoding"]["color"]["field"] == "shape"
 
 
 # -- compare ----------------------------------------------------------------------------------------------
@@ -206,8 +239,49 @@ def test_change_table_and_what_changed_describe_a_planted_step() -> None:
                            "error": [None] * 16, "git_revision": ["x"] * 16})
     layers = _layers(charts.trend_chart(series, table, "latency p50 (ms)"))
     assert [layer["mark"]["type"] for layer in layers] == ["line", "rule"]
-    rules = _datasets(charts.trend_chart(series, table, "x"))[-1]
+    rules = charts.trend_chart(series, table, "x")["datasets"]["changes"]
     assert [r["run_id"] for r in rules] == ["r8"] and rules[0]["started_at"] == "2026-01-09T00:00:00Z"
+
+
+def _series(statuses: list[str], values: list[float | None]) -> pd.DataFrame:
+    t0 = datetime(2026, 1, 1, 2, 30)
+    n = len(statuses)
+    return pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "started_at": [t0 + timedelta(days=i) for i in range(n)],
+                         "value": values, "status": statuses, "error": [None if s == "ok" else "cut off" for s in statuses],
+                         "git_revision": ["x"] * n})
+
+
+def test_trends_never_draw_a_timed_out_run_as_a_value() -> None:
+    series = _series(["ok", "timeout", "ok"], [5.0, None, 6.0])
+    chart = charts.trend_chart(series, pd.DataFrame(columns=charts.CHANGE_COLUMNS), "latency p50 (ms)")
+    assert [r["run_id"] for r in chart["datasets"]["ok"]] == ["r0", "r2"]
+    (cut,) = chart["datasets"]["not_ok"]
+    assert cut["run_id"] == "r1" and cut["value"] is None and cut["status"] == "timeout"
+    assert _strip(chart)["layer"][0]["encoding"]["y"]["field"] == "status"
+    # only timed-out runs: nothing is placed at 0 ms, the strip holds them all
+    only = charts.trend_chart(_series(["timeout", "failed"], [None, None]), pd.DataFrame(), "ms")
+    assert only["datasets"]["ok"] == [] and len(only["datasets"]["not_ok"]) == 2
+
+
+def test_trends_draw_each_runs_spread_from_its_raw_samples() -> None:
+    series = _series(["ok", "ok"], [5.0, 6.0]).assign(measurement_id=[1, 2])
+    raw = {1: [float(v) for v in range(1, 11)], 2: [6.0] * 10}
+    series = series.assign(**charts.spread_columns(series["measurement_id"], raw))
+    assert series["low"].tolist() == pytest.approx([1.9, 6.0]) and series["high"].tolist() == pytest.approx([9.1, 6.0])
+    band, line = _layers(charts.trend_chart(series, pd.DataFrame(), "ms"))
+    assert band["mark"]["type"] == "rule" and band["encoding"]["y"]["field"] == "low"
+    assert band["encoding"]["y2"]["field"] == "high" and line["mark"]["type"] == "line"
+
+
+def test_time_ticks_never_repeat_a_label() -> None:
+    t0 = datetime(2026, 12, 3, 18, 29, 35)
+    same_minute = [t0 + timedelta(seconds=s) for s in (0, 15, 40)]
+    values, fmt = charts.time_ticks(same_minute)
+    labels = [pd.Timestamp(v).strftime(fmt.replace("%L", "%f")) for v in values]
+    assert len(set(labels)) == len(labels) == 3 and fmt == "%Y-%m-%d %H:%M:%S"
+    days = [t0 + timedelta(days=d) for d in range(30)]
+    values, fmt = charts.time_ticks(days)
+    assert fmt == "%Y-%m-%d" and len(values) <= 8
 
 
 def test_what_changed_says_so_when_nothing_recorded_changed() -> None:
@@ -231,6 +305,32 @@ def test_sample_summary_and_histogram_of_raw_samples() -> None:
     bars, median = _layers(charts.histogram_chart(samples))
     assert bars["encoding"]["x"]["bin"] == {"maxbins": 40}
     assert median["mark"]["type"] == "rule"
+
+
+def test_run_detail_numbers_are_formatted_and_cosines_never_read_as_one() -> None:
+    samples = [1.0, 1.25, 1.0, 1.5, 1.0]
+    table = dict(zip(*charts.sample_summary_table(samples).to_dict(orient="list").values()))
+    assert table["CV"] == "19.4%" and table["median"] == "1 ms" and table["max"] == "1.5 ms"
+    shown = charts.readable(pd.DataFrame({"cos_sim": [0.99999998, 0.999977, 1.0, None], "cpu_other": [0.031, None,
+                                                                                                    0.5, 0.0],
+                                          "latency_ms_p50": [0.0123456, 12.3456, 1234.5678, None]}))
+    assert shown["cos_sim"].tolist() == ["1-2.0e-08", "0.999977", "1", "—"]
+    assert shown["cpu_other"].tolist() == ["3.1%", "—", "50.0%", "0.0%"]
+    assert shown["latency_ms_p50"].tolist() == ["0.01235", "12.35", "1235", "—"]
+
+
+def test_samples_in_order_chart_plots_each_sample_by_when_it_was_taken() -> None:
+    chart = charts.samples_in_order_chart([3.0, 2.0, 1.0], warmup=[9.0])
+    line, median = _layers(chart)
+    assert line["encoding"]["x"]["field"] == "sample" and line["mark"]["type"] == "line"
+    assert [(r["sample"], r["ms"], r["kind"]) for r in chart["datasets"]["samples"]] == [
+        (-1, 9.0, "warm-up (set aside)"), (0, 3.0, "timed"), (1, 2.0, "timed"), (2, 1.0, "timed")]
+    assert chart["datasets"]["median"] == [{"median": 2.0}]
+
+
+def test_verdicts_are_colour_coded() -> None:
+    assert "#ffcdd2" in charts.verdict_css(SLOWER) and "#c8e6c9" in charts.verdict_css(FASTER)
+    assert charts.verdict_css(NEWLY_FAILING) and charts.verdict_css("missing in A") == ""
 
 
 def test_telemetry_table_says_not_measured_instead_of_zero() -> None:

@@ -72,7 +72,7 @@ def test_resolve_run_takes_prefixes_latest_and_previous(store: Store) -> None:
     assert queries.resolve_run(store, "latest") == b
     assert queries.resolve_run(store, "previous") == a
     assert queries.resolve_run(store, a[:5]) == a
-    with pytest.raises(StoreError, match="no run 'zzz'"):
+    with pytest.raises(StoreError, match="run 'zzz' does not exist"):
         queries.resolve_run(store, "zzz")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .spec import CaseKeyError, canonical_case, case_hash, check_key, suggest
+from .spec import EXTERNAL, CaseKeyError, canonical_case, case_hash, check_key, suggest
 from .yamlload import YAML_MAX_BYTES, load_yaml, read_text
 
 TOP_KEYS = ("name", "defaults", "matrix", "exclude", "include", "measure")
@@ -226,6 +226,10 @@ def _check_value(key: Any, value: Any, err: Any, path: tuple[Any, ...]) -> None:
         check_key(str(key), value)
     except CaseKeyError as exc:
         raise err(str(exc), *path, key=str(key)) from None
+    if (key == "variant" and value == EXTERNAL) or key == "name":
+        raise err(f"'{key}: {value}' describes benchmarks imported from pyperf or pytest-benchmark files "
+                  "(`harness results import FILE`); a sweep cannot run them. Use a variant a kernel computes "
+                  "(`harness kernels`)", *path, key=str(key))
 
 
 def _origin(key: str, combo: Mapping[str, Any], matrix: Mapping[str, Any],
@@ -310,6 +314,8 @@ def matrix_schema() -> dict[str, Any]:
 
     case_props: dict[str, Any] = {}
     for key, spec in CASE_KEYS.items():
+        if key == "name":  # import-only (variant: external): a matrix cannot hold it
+            continue
         schema = dict(getattr(spec.check, "schema", {}))
         if spec.help:
             schema["description"] = spec.help

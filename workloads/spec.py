@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 VARIANTS = ("dense", "sliding_window", "block_sparse", "topk", "lowrank", "differential", "attnres")
+# Benchmarks imported from pyperf or pytest-benchmark files (`harness results import`): a case that is only
+# its `name`. Import-only: a matrix cannot hold it and no kernel runs it.
+EXTERNAL = "external"
+MAX_NAME = 500
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "mixed")
 BACKENDS = ("torch", "onnxruntime")
 SCOPES = ("core", "block")
@@ -67,15 +71,40 @@ _positive_float.schema = {"type": "number", "exclusiveMinimum": 0,  # type: igno
                           "maximum": MAX_CASE_FLOAT}
 
 
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CaseKeyError(key, f"expected the benchmark's name (text), got {value!r}")
+    if len(value) > MAX_NAME:
+        raise CaseKeyError(key, f"is {len(value)} characters long; at most {MAX_NAME}")
+    if not value.isprintable():
+        raise CaseKeyError(key, "holds control characters")
+    return value
+
+
+_name.schema = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}  # type: ignore[attr-defined]
+
+
+def _variant(key: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in (*VARIANTS, EXTERNAL):
+        raise CaseKeyError(key, f"unknown value {value!r}; allowed: {', '.join(VARIANTS)} (and {EXTERNAL}, for "
+                                "imported benchmarks)")
+    return value
+
+
+_variant.schema = {"enum": list(VARIANTS)}  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class KeySpec:
-    """One case key: how to check it, its default, and when it applies."""
+    """One case key: how to check it, its default, and when it applies. `hidden`: a key for the test suite
+    only, left out of "allowed:" lists and of exports that do not use it."""
 
     check: Callable[[str, Any], Any]
     default: Any = None
     # None: applies to every case; otherwise a predicate over the (partially canonical) case.
     applies: Callable[[Mapping[str, Any]], bool] | None = None
     help: str = ""
+    hidden: bool = False
 
 
 def _variant_in(*variants: str) -> Callable[[Mapping[str, Any]], bool]:
@@ -83,7 +112,7 @@ def _variant_in(*variants: str) -> Callable[[Mapping[str, Any]], bool]:
 
 
 CASE_KEYS: dict[str, KeySpec] = {
-    "variant": KeySpec(_choice(VARIANTS), "dense", help="attention variant"),
+    "variant": KeySpec(_variant, "dense", help="attention variant"),
     "precision": KeySpec(_choice(PRECISIONS), "fp32", help="compute precision"),
     "backend": KeySpec(_choice(BACKENDS), "torch", help="execution backend"),
     "scope": KeySpec(_choice(SCOPES), "core", help="core: the attention op; block: with projections"),
@@ -108,7 +137,9 @@ CASE_KEYS: dict[str, KeySpec] = {
     "diff_lambda": KeySpec(_positive_float, 0.5, _variant_in("differential"),
                            help="weight of the second softmax map in differential attention"),
     # Test-only: multiplies the kernel's work to plant a known slowdown (regression tests).
-    "slowdown": KeySpec(_positive_int, None),
+    "slowdown": KeySpec(_positive_int, None, hidden=True),
+    # An imported benchmark's name (variant: external); nothing else identifies such a case.
+    "name": KeySpec(_name, None, _variant_in(EXTERNAL), help="an imported benchmark's name (variant: external)"),
 }
 
 # int8 and mixed default to per-token Q/K scales: per-32-token blocks lose 0.0001 of cosine against float64
@@ -117,8 +148,10 @@ CASE_KEYS: dict[str, KeySpec] = {
 # per_token.
 DEFAULT_QUANT = {"int8": "per_token", "mixed": "per_token", "int4": "per_group"}
 
-# Column order for tables and exports.
+# Column order for tables, exports and the database (every key, hidden ones included).
 CASE_COLUMNS = tuple(CASE_KEYS)
+# The keys a user is told about (allowed lists, did-you-mean, export headers when unused).
+PUBLIC_CASE_COLUMNS = tuple(k for k, spec in CASE_KEYS.items() if not spec.hidden)
 
 
 def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
@@ -130,8 +163,8 @@ def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
 def check_key(key: str, value: Any) -> Any:
     """Check one key and value on their own (before the combination is known)."""
     if key not in CASE_KEYS:
-        raise CaseKeyError(key, f"unknown case key{suggest(key, CASE_COLUMNS)}; "
-                                f"allowed: {', '.join(CASE_COLUMNS)}")
+        raise CaseKeyError(key, f"unknown case key{suggest(key, PUBLIC_CASE_COLUMNS)}; "
+                                f"allowed: {', '.join(PUBLIC_CASE_COLUMNS)}")
     return CASE_KEYS[key].check(key, value)
 
 
@@ -139,6 +172,8 @@ def canonical_case(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Check every key of one case, fill defaults, drop knobs that do not apply; raise CaseKeyError."""
     for key, value in raw.items():
         check_key(key, value)
+    if raw.get("variant") == EXTERNAL:
+        return _external_case(raw)
     case: dict[str, Any] = {}
     # Identity keys first: later keys' applicability depends on them.
     for key, spec in CASE_KEYS.items():
@@ -157,6 +192,16 @@ def canonical_case(raw: Mapping[str, Any]) -> dict[str, Any]:
         case[key] = spec.check(key, value)
     _check_consistency(case)
     return case
+
+
+def _external_case(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """An imported benchmark: its name and nothing else (no precision, no seq_len: none was measured)."""
+    other = sorted(k for k, v in raw.items() if k not in ("variant", "name") and v is not None)
+    if other:
+        raise CaseKeyError(other[0], f"an {EXTERNAL} case is only its name; '{other[0]}' does not apply to it")
+    if raw.get("name") is None:
+        raise CaseKeyError("name", f"an {EXTERNAL} case needs its benchmark's name")
+    return {"variant": EXTERNAL, "name": raw["name"]}
 
 
 def _check_consistency(case: dict[str, Any]) -> None:
@@ -178,7 +223,10 @@ def case_hash(case: Mapping[str, Any]) -> str:
 
 
 def case_label(case: Mapping[str, Any]) -> str:
-    """A short human label: 'dense int8 torch L=2048 quant=per_block', knobs after the identity keys."""
+    """A short human label: 'dense int8 torch L=2048 quant=per_block', knobs after the identity keys;
+    an imported benchmark is 'external <its name>'."""
+    if case.get("variant") == EXTERNAL:
+        return f"{EXTERNAL} {case.get('name')}"
     parts = [case["variant"], case["precision"], case["backend"], f"L={case['seq_len']}"]
     for key in CASE_COLUMNS:
         if key in ("variant", "precision", "backend", "seq_len") or case.get(key) is None:

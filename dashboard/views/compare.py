@@ -15,11 +15,10 @@ if runs.empty:
     st.stop()
 labels = charts.run_labels(runs)
 default_a, default_b = charts.default_pair(runs)
-ids = list(runs["run_id"])
 
 left, right = st.columns(2)
-run_a = urlstate.select("Run A (baseline)", ids, "a", default=default_a, format_func=labels.get, container=left)
-run_b = urlstate.select("Run B (contender)", ids, "b", default=default_b, format_func=labels.get, container=right)
+run_a = urlstate.run_select("Run A (baseline)", runs, "a", default=default_a, labels=labels, container=left)
+run_b = urlstate.run_select("Run B (contender)", runs, "b", default=default_b, labels=labels, container=right)
 
 side = st.sidebar
 devices_ab = sorted(set(data.run_devices(url, run_a)["device"]) | set(data.run_devices(url, run_b)["device"]))
@@ -74,7 +73,7 @@ if "contended" in shown and shown["contended"].fillna(False).astype(bool).any():
 
 shown = shown.assign(trend=[urlstate.link("trends", device=d, case=h) for d, h in
                             zip(shown["device"], shown["case_hash"])])
-st.dataframe(shown, hide_index=True, key="compare_table",
+st.dataframe(shown.style.map(charts.verdict_css, subset=["verdict"]), hide_index=True, key="compare_table",
              column_config={"speedup": st.column_config.NumberColumn(format="%.3f"),
                             "CI low": st.column_config.NumberColumn(format="%.3f"),
                             "CI high": st.column_config.NumberColumn(format="%.3f"),

@@ -1,5 +1,5 @@
-"""Run detail: the run's cases and their errors, one case's raw samples, its power and thermal summary,
-and the device's fingerprint."""
+"""Run detail: the run's cases and their errors, one case's raw samples (in the order taken, and as a
+histogram), its power and thermal summary, and the device's fingerprint."""
 
 import streamlit as st
 
@@ -51,8 +51,8 @@ st.subheader("Cases")
 table = charts.lead_columns(rows.drop(columns=["run_id"]),
                             ["case", "status", "latency_ms_p50", "latency_ms_p90", "n_samples", "peak_mem_mb",
                              "cos_sim", "rel_err", "energy_mj_per_inf", "cpu_other", "contended", "error"])
-st.dataframe(charts.drop_empty_columns(table, keep=["status", "error", "latency_ms_p50"]), hide_index=True,
-             key="detail_cases")
+st.dataframe(charts.readable(charts.drop_empty_columns(table, keep=["status", "error", "latency_ms_p50"])),
+             hide_index=True, key="detail_cases")
 data.csv_download(table, f"run_{run_id}_{device}", "dl_cases")
 
 case_labels = dict(zip(rows["case_hash"], rows["case"] + " [" + rows["status"] + "]"))
@@ -70,9 +70,10 @@ if case_hash is not None:
             st.warning(f"The stored raw samples of this case are impossible: samples_ms {problem}. They are not "
                        "charted.")
         elif values:
+            st.vega_lite_chart(spec=charts.samples_in_order_chart(values, details.get("warmup_samples_ms") or []),
+                               width="stretch")
             st.vega_lite_chart(spec=charts.histogram_chart(values), width="stretch")
-            summary = charts.sample_summary(values)
-            st.dataframe(charts.flatten(summary), hide_index=True, key="detail_sample_summary")
+            st.dataframe(charts.sample_summary_table(values), hide_index=True, key="detail_sample_summary")
         elif row["status"] == "ok":
             st.info("Raw samples were pruned; the stored summaries remain in the table above.")
         else:

@@ -1,5 +1,6 @@
 """Scaling: latency against sequence length on log-log axes, one line per series, per device, with the
-fitted slope; failed and skipped points marked, never dropped; peak memory beside it."""
+fitted slope; failed, timed-out and skipped cases in a strip under the chart (never drawn as a value);
+peak memory beside it."""
 
 import streamlit as st
 
@@ -8,7 +9,8 @@ from results import queries
 from results.queries import METRICS
 
 url = data.page("Scaling", "Latency against sequence length, log-log. The fitted slope is the empirical "
-                           "exponent: about 2 for quadratic attention, about 1 for linear.")
+                           "exponent: about 2 for quadratic attention, about 1 for linear (r² only from three "
+                           "points or more).")
 runs = data.runs(url)
 side = st.sidebar
 run_id = urlstate.run_or_stop(runs, container=side)
@@ -49,8 +51,9 @@ for device in chosen:
     else:
         mem.info("No peak memory stored for these cases.")
 if not not_ok.empty:
-    st.caption("Red crosses on the bottom edge are cases that did not produce a value (failed, skipped or "
-               "timed out); they are listed below.")
+    st.caption("Crosses in the strip under a chart are cases without a value (failed, timed out, skipped), at their "
+               "sequence length; the axis spans the measured points, so a case beyond them sits at the strip's edge "
+               "with its length written. They are listed below.")
 
 st.subheader("Fitted slopes")
 st.dataframe(slopes, hide_index=True, key="scaling_slopes")
@@ -59,5 +62,5 @@ if not not_ok.empty:
     st.subheader("Points without a value")
     st.dataframe(not_ok, hide_index=True, key="scaling_not_ok")
 st.subheader("Points")
-st.dataframe(points, hide_index=True, key="scaling_points")
+st.dataframe(charts.readable(points), hide_index=True, key="scaling_points")
 data.csv_download(points, f"scaling_{run_id}", "dl_points")

@@ -1,5 +1,5 @@
-"""Trade-offs: accuracy against latency with the Pareto front, colored by device, shaped by precision;
-energy per inference against latency."""
+"""Trade-offs: accuracy against latency with the Pareto front, one chart per device, coloured by workload,
+shaped by precision; energy per inference against latency."""
 
 import streamlit as st
 
@@ -33,21 +33,22 @@ c1.metric("Cases", len(points))
 c2.metric("On the accuracy front", int(points["front_accuracy"].sum()))
 c3.metric("With energy measured", int(points["energy_mj"].notna().sum()))
 
-st.subheader(f"{charts.ACCURACY_METRICS[accuracy]} against latency")
-if points.empty or points["error"].isna().all():
-    st.info("No accuracy stored for the ok cases of this run.")
-else:
-    st.vega_lite_chart(spec=charts.tradeoff_chart(points, "error", "front_accuracy",
-                                          charts.ACCURACY_METRICS[accuracy] + " (log)"), width="stretch")
-
-st.subheader("Energy per inference against latency")
-if points["energy_mj"].notna().any():
-    st.vega_lite_chart(spec=charts.tradeoff_chart(points, "energy_mj", "front_energy", "energy per inference (mJ, log)"),
-                    width="stretch")
-else:
-    st.info("No energy per inference stored in this run: its devices had no power sensor "
-            "(configure `power:` in the inventory).")
+for device in chosen:
+    dev = points[points["device"] == device]
+    st.subheader(f"{device}: {charts.ACCURACY_METRICS[accuracy]} against latency")
+    if dev.empty or dev["error"].isna().all():
+        st.info(f"No accuracy stored for the ok cases of this run on {device}.")
+    else:
+        st.vega_lite_chart(spec=charts.tradeoff_chart(dev, "error", "front_accuracy",
+                                                      charts.ACCURACY_METRICS[accuracy] + " (log)"), width="stretch")
+    st.markdown(f"**{device}: energy per inference against latency**")
+    if dev["energy_mj"].notna().any():
+        st.vega_lite_chart(spec=charts.tradeoff_chart(dev, "energy_mj", "front_energy",
+                                                      "energy per inference (mJ, log)"), width="stretch")
+    else:
+        st.info(f"No energy per inference stored for {device} in this run: it had no power sensor "
+                "(configure `power:` in the inventory).")
 
 st.subheader("Points")
-st.dataframe(points, hide_index=True, key="tradeoff_points")
+st.dataframe(charts.readable(points), hide_index=True, key="tradeoff_points")
 data.csv_download(points, f"tradeoffs_{run_id}", "dl_tradeoffs")

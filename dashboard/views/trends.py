@@ -6,8 +6,10 @@ import streamlit as st
 from dashboard import charts, data, urlstate
 from results.queries import METRICS
 
-url = data.page("Trends", "A case's metric over runs. Orange rules are detected change points "
-                          "(results.detect: raw samples, at least 5% and p <= 0.001, 4 runs each side).")
+url = data.page("Trends", "A case's metric over runs; grey bars span each run's raw samples from the 10th to the "
+                          "90th percentile. Orange rules are detected change points (results.detect: raw samples, "
+                          "at least 5% and p <= 0.001, 4 runs each side). Runs without a value are crosses in the "
+                          "strip below.")
 devices = data.devices(url)
 if not devices:
     st.info("No results stored yet.")
@@ -53,5 +55,6 @@ else:
     data.csv_download(changes, f"changes_{device}_{case_hash}", "dl_changes")
 st.subheader("History")
 history = series.drop(columns=["measurement_id"])
-st.dataframe(history, hide_index=True, key="trend_series")
+st.dataframe(charts.readable(history.rename(columns={"low": "p10", "high": "p90"})), hide_index=True,
+             key="trend_series")
 data.csv_download(history, f"trend_{device}_{case_hash}_{metric}", "dl_trend")
