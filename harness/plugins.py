@@ -286,3 +286,37 @@ def bundle_files(specs: Iterable[Mapping[str, Any]]) -> list[tuple[str, bytes]]:
         spec = PluginSpec.from_dict(raw)
         out += [(f"{PLUGIN_DIR}/{spec.id}/{name}", data) for name, data in files_of(spec.id)]
     return out
+
+
+def kernel_listing(paths: Sequence[str] = ()) -> tuple[list[tuple[str, ...]], list[str], list[str]]:
+    """What `harness kernels [--plugin PATH ...]` shows: rows (variant, precision, backend, scope, needs,
+    from, computes) — every kernel, or with `paths` only the plugins' —, a note per plugin (its sha256 and
+    revision, its variants with their knobs and references), and a line per plugin that did not load."""
+    from kernels.registry import _REFERENCES, all_kernels
+    from workloads.spec import plugin_variant
+
+    found = load(resolve_plugins(paths, entry_points=True))
+    origin = {p.spec.id: p.spec.origin for p in found.plugins}
+    rows = []
+    for key, k in sorted(all_kernels().items(), key=lambda kv: str(kv[0])):
+        if paths and k.plugin is None:
+            continue
+        needs = ", ".join(k.requires.modules + k.requires.torch_ops)
+        where = origin.get(k.plugin, "plugin") if k.plugin else "bundled"
+        rows.append((key.variant, key.precision, key.backend, key.scope, needs, where, k.description))
+    notes = []
+    for p in found.plugins:
+        status = found.statuses.get(p.spec.id)
+        git = p.git or {}
+        version = (f"revision {git['revision'][:12]}" + (" (uncommitted changes)" if git.get("dirty") else "")
+                   if git.get("revision") else "not in git")
+        notes.append(f"plugin {p.spec.origin} ({p.source}): sha256 {p.spec.sha256}, {version}")
+        for variant in (status.variants if status else []):
+            vdef = plugin_variant(variant)
+            ref = _REFERENCES.get(variant)
+            knobs = ", ".join(f"{name} (default {spec.default!r})" for name, spec in (vdef.knobs if vdef else {}).items())
+            notes.append(f"  variant {variant}: knobs {knobs or 'none'}; accuracy against "
+                         + (f"variant {ref}" if isinstance(ref, str) else "its own float64 reference function"))
+        if status and status.ok and not status.kernels:
+            notes.append("  registers no kernels (no @register ran)")
+    return rows, notes, found.messages()

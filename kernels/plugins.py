@@ -186,11 +186,15 @@ def describe_failure(exc: BaseException, spec: PluginSpec, path: Path) -> str:
     if isinstance(exc, PluginError):  # it names the line already
         return relabel(f"plugin {exc}" if str(exc).startswith(here) else f"plugin {spec.origin}: {exc}")
     if isinstance(exc, SyntaxError):
-        return relabel(f"plugin {spec.origin}: {exc.filename} line {exc.lineno}: SyntaxError: {exc.msg}")
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(here)]
-    where = f"{frames[-1].filename} line {frames[-1].lineno}: " if frames else ""
-    text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-    return relabel(f"plugin {spec.origin}: {where}{text}")
+        file, line, text = exc.filename or "", exc.lineno, f"SyntaxError: {exc.msg}"
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(here)]
+        file, line = (frames[-1].filename, frames[-1].lineno) if frames else ("", None)
+        text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    file = relabel(file)
+    if file == spec.origin:
+        return f"plugin {spec.origin} line {line}: {text}"
+    return f"plugin {spec.origin}: " + (f"{file} line {line}: " if file else "") + text
 
 
 def status_of(plugin_id: str) -> PluginStatus | None:

@@ -338,19 +338,38 @@ def load_matrix(path: str | Path, *, max_cases: int | None = DEFAULT_MAX_CASES,
     return parse_matrix(text, str(path), max_cases=max_cases, plugins=plugins)
 
 
-def matrix_schema() -> dict[str, Any]:
+def matrix_schema(with_plugins: bool = False) -> dict[str, Any]:
     """The JSON Schema of the matrix format, from the definitions `parse_matrix` checks against (the case
     keys' checks, MEASURE_BOUNDS, TOP_KEYS); published as schemas/matrix.schema.json for editors, and a test
     keeps the two in agreement. What a schema cannot say (a window longer than seq_len, a kernel that
-    does not exist) is left to the loader."""
-    from .spec import CASE_KEYS
+    does not exist) is left to the loader. `with_plugins`: also the variants, backends and knobs of the
+    plugins loaded in this process (`python -m harness.schemas --plugin PATH`)."""
+    from .spec import CASE_KEYS, known_backends, known_variants, plugin_knobs
 
     case_props: dict[str, Any] = {}
     for key, spec in CASE_KEYS.items():
         schema = dict(getattr(spec.check, "schema", {}))
+        if with_plugins and key in ("variant", "backend"):
+            schema["enum"] = list(known_variants() if key == "variant" else known_backends())
         if spec.help:
             schema["description"] = spec.help
         case_props[key] = schema
+    for knob, specs in (plugin_knobs() if with_plugins else {}).items():
+        options = []
+        for variant, knob_spec in specs:
+            kind = type(knob_spec.default)
+            one: dict[str, Any] = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[kind]}
+            if knob_spec.choices:
+                one = {"enum": list(knob_spec.choices)}
+            if kind in (int, float):
+                if knob_spec.minimum is not None:
+                    one["minimum"] = knob_spec.minimum
+                if knob_spec.maximum is not None:
+                    one["maximum"] = knob_spec.maximum
+            options.append(one)
+        case_props[knob] = options[0] if len(options) == 1 else {"anyOf": options}
+        case_props[knob]["description"] = "; ".join(f"{variant}: {spec.help or 'plugin knob'} (default "
+                                                    f"{spec.default!r})" for variant, spec in specs)
     case = {"type": "object", "additionalProperties": False, "properties": case_props}
     lists = {"type": "object", "additionalProperties": False,
              "properties": {k: {"type": "array", "minItems": 1, "items": {k2: v for k2, v in s.items()
