@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from harness.safe_text import spreadsheet_cell, spreadsheet_restore
 from workloads.errors import ConfigError
-from workloads.spec import CASE_COLUMNS, KNOBS_COLUMN, CaseKeyError, canonical_case, case_hash, extra_keys
+from workloads.spec import CASE_COLUMNS, KNOBS_COLUMN, VARIANTS, CaseKeyError, canonical_case, case_hash, extra_keys
 from workloads.yamlload import read_text
 
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
@@ -397,7 +397,7 @@ def prepare_import(rows: list[dict[str, Any]], file: str = "<import>") -> Prepar
             except CaseKeyError as exc:
                 raise ConfigError(f"{where(i)}: {exc}", file=file, key=exc.key) from None
             found = canonical[raw_key] = (case, case_hash(case))
-            if knobs and get("case_hash") not in (None, found[1]):
+            if (knobs or case["variant"] not in VARIANTS) and get("case_hash") not in (None, found[1]):
                 raise ConfigError(f"{where(i)}: column 'case_hash' is {get('case_hash')!r} but the case keys and "
                                   f"{KNOBS_COLUMN} give {found[1]!r}", file=file, key="case_hash")
         run_id = row["run_id"]
