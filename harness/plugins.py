@@ -84,7 +84,7 @@ def read_plugin(path: str | Path, source: str, *, base: str | Path | None = None
     """Read the plugin at `path` (relative to `base` when given): a `.py` file, or a folder with
     `__init__.py`. ConfigError (naming `file`, `line`, `key` when given) when it is missing or too large."""
     raw = Path(os.path.expanduser(str(path)))
-    full = (Path(base) / raw if base is not None and not raw.is_absolute() else raw).absolute()
+    full = Path(os.path.normpath((Path(base) / raw if base is not None and not raw.is_absolute() else raw).absolute()))
 
     def bad(message: str) -> ConfigError:
         return ConfigError(f"plugin {terminal(str(path))}: {message}", file=file, line=line, key=key)

@@ -129,7 +129,7 @@ def test_plugins_that_fail_each_say_why_and_the_rest_of_the_sweep_is_stored(ssh_
     assert (f"plugin error: plugin {folder / 'collide.py'} line 4: dense/fp32/torch/core is already registered by "
             "the bundled kernel at kernels/dense_torch.py line") in err
     store = ssh_env.store()
-    run_id = store.list_runs(1)[0]["id"]
+    run_id = store.list_runs(1)[0]["run_id"]
     rows = {(r["device"], r["variant"]): r for r in _rows(store, run_id)}
     assert len(rows) == 10
     for device in ("local", "pi"):
