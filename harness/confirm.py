@@ -95,7 +95,8 @@ def plugin_checkout(plugin: Plugin, record: dict[str, Any], dest: Path) -> Plugi
     if git is None:
         raise HarnessError(f"plugin {terminal(plugin.spec.origin)} is not in a git work tree: its old revisions "
                            "cannot be taken from git")
-    proc = subprocess.run(["git", "-C", git["repo"], "archive", "--format=tar", "--end-of-options", rev, "--",
+    # Everything after --end-of-options is the tree and its paths, never an option (git archive takes no "--").
+    proc = subprocess.run(["git", "-C", git["repo"], "archive", "--format=tar", "--end-of-options", rev,
                            git["path_in_repo"]], capture_output=True, timeout=120)
     if proc.returncode != 0:
         raise HarnessError(f"cannot take plugin {git['path_in_repo']} at revision {rev[:12]} from {git['repo']}: "
