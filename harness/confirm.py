@@ -203,15 +203,15 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
             except HarnessError as exc:
                 out.append(Confirmation(finding, None, str(exc)))
                 continue
-            old_rev, new_rev = old_rev + plugin_note[0], new_rev + plugin_note[1]
+            old_label, new_label = old_rev[:12] + plugin_note[0], new_rev[:12] + plugin_note[1]
             found = short_history_change(old, new, min_effect=min_effect)
             change = float(np.median(new) / np.median(old) - 1) * 100
             if found and found[0] == "regression":
-                out.append(Confirmation(finding, True, f"old {old_rev[:12]} vs new {new_rev[:12]}, {rounds} rounds "
+                out.append(Confirmation(finding, True, f"old {old_label} vs new {new_label}, {rounds} rounds "
                                                        f"alternated: {change:+.1f}%, p = {found[3]:.2g}",
                                         old, new, change, found[3]))
             else:
-                out.append(Confirmation(finding, False, f"not reproduced: old {old_rev[:12]} vs new {new_rev[:12]}, "
+                out.append(Confirmation(finding, False, f"not reproduced: old {old_label} vs new {new_label}, "
                                                         f"{rounds} rounds alternated: {change:+.1f}%", old, new, change))
     return out
 

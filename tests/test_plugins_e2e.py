@@ -197,12 +197,13 @@ def test_a_nightly_over_two_plugin_revisions_names_the_plugin_change(home: Path,
     regressions = (tmp_path / "n2.md").read_text().split("## Improvements")[0]
     assert "chunked_dense fp32 torch L=128 heads=2 head_dim=16 threads=1 chunk=16" in regressions
     assert f"plugin chunked.py: revision {first[:12]} → revision {second[:12]}" in regressions
-    assert "| dense fp32" not in regressions  # the bundled kernel did not change
+    # The bundled kernel's series (on a shared machine it may move too) never blames the plugin.
+    assert all("plugin" not in line for line in regressions.splitlines() if line.startswith("| local | dense fp32"))
 
     regress = harness("regress", "--devices", "local", "--format", "json")
     assert regress.returncode == 1
-    [finding] = json.loads(regress.stdout)
-    assert finding["case"]["variant"] == "chunked_dense" and finding["change_pct"] > 100
+    [finding] = [f for f in json.loads(regress.stdout) if f["case"]["variant"] == "chunked_dense"]
+    assert finding["change_pct"] > 100
     assert finding["differs"]["plugin chunked.py"] == [f"revision {first[:12]}", f"revision {second[:12]}"]
     assert finding["cause"].startswith(f"plugin chunked.py changed (revision {first[:12]} -> revision {second[:12]})")
 
@@ -213,4 +214,6 @@ def test_a_nightly_over_two_plugin_revisions_names_the_plugin_change(home: Path,
     plugin.write_text(PLUGIN.replace("REPEAT = 1", "REPEAT = 2"))
     confirmed = harness("regress", "--devices", "local", "--confirm", "1", "--plugin", str(plugin))
     assert confirmed.returncode == 1, confirmed.stdout + confirmed.stderr
-    assert f"with plugin chunked.py {first[:12]}" in confirmed.stderr and "confirmed: local" in confirmed.stderr
+    assert f"confirmed: local {finding['case_hash']}: old " in confirmed.stderr, confirmed.stderr
+    assert f"with plugin chunked.py {first[:12]} vs new" in confirmed.stderr
+    assert f"with plugin chunked.py {second[:12]}, 1 rounds" in confirmed.stderr
