@@ -214,6 +214,7 @@ def test_a_nightly_over_two_plugin_revisions_names_the_plugin_change(home: Path,
     plugin.write_text(PLUGIN.replace("REPEAT = 1", "REPEAT = 2"))
     confirmed = harness("regress", "--devices", "local", "--confirm", "1", "--plugin", str(plugin))
     assert confirmed.returncode == 1, confirmed.stdout + confirmed.stderr
-    assert f"confirmed: local {finding['case_hash']}: old " in confirmed.stderr, confirmed.stderr
-    assert f"with plugin chunked.py {first[:12]} vs new" in confirmed.stderr
-    assert f"with plugin chunked.py {second[:12]}, 1 rounds" in confirmed.stderr
+    said = " ".join(confirmed.stderr.split())  # rich wraps stderr
+    assert f"confirmed: local {finding['case_hash']}: old " in said, said
+    assert f"with plugin chunked.py {first[:12]} vs new" in said
+    assert f"with plugin chunked.py {second[:12]}, 1 rounds" in said
