@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -272,8 +273,6 @@ def materialize(specs: Iterable[Mapping[str, Any]], root: Path) -> list[dict[str
             try:
                 tmp.rename(folder)
             except OSError:  # another run put the same content there first
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
         out.append(dict(raw, path=str(folder / spec.name)))
     return out
@@ -292,7 +291,7 @@ def kernel_listing(paths: Sequence[str] = ()) -> tuple[list[tuple[str, ...]], li
     """What `harness kernels [--plugin PATH ...]` shows: rows (variant, precision, backend, scope, needs,
     from, computes) — every kernel, or with `paths` only the plugins' —, a note per plugin (its sha256 and
     revision, its variants with their knobs and references), and a line per plugin that did not load."""
-    from kernels.registry import _REFERENCES, all_kernels
+    from kernels.registry import all_kernels, variant_reference
     from workloads.spec import plugin_variant
 
     found = load(resolve_plugins(paths, entry_points=True))
@@ -313,7 +312,7 @@ def kernel_listing(paths: Sequence[str] = ()) -> tuple[list[tuple[str, ...]], li
         notes.append(f"plugin {p.spec.origin} ({p.source}): sha256 {p.spec.sha256}, {version}")
         for variant in (status.variants if status else []):
             vdef = plugin_variant(variant)
-            ref = _REFERENCES.get(variant)
+            ref = variant_reference(variant)
             knobs = ", ".join(f"{name} (default {spec.default!r})" for name, spec in (vdef.knobs if vdef else {}).items())
             notes.append(f"  variant {variant}: knobs {knobs or 'none'}; accuracy against "
                          + (f"variant {ref}" if isinstance(ref, str) else "its own float64 reference function"))

@@ -298,6 +298,12 @@ def unregister(scope: PluginScope) -> None:
     case_spec.forget(scope.variants, scope.backends)
 
 
+def variant_reference(variant: str) -> Reference | None:
+    """What a plugin variant's accuracy is measured against (a variant name or a function); None for a
+    bundled variant (its own float64 reference)."""
+    return _REFERENCES.get(variant)
+
+
 def origin_of(case: Mapping[str, Any]) -> str | None:
     """The id of the plugin whose kernel runs this case, or None (bundled, or no kernel)."""
     kernel = _REGISTRY.get(key_of(case))

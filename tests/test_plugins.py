@@ -143,6 +143,8 @@ def test_a_plugins_own_reference_function_must_be_float64(tmp_path: Path) -> Non
     (CHUNKED.replace('Knob(32, minimum=1)', 'Knob(32, minimum=1), "window": Knob(3)'),
      "knob 'window' is a bundled case key"),
     (CHUNKED.replace('"fp32", "torch"', '"fp8", "torch"'), "precision 'fp8' is not one the harness knows"),
+    (CHUNKED.replace('Knob(32, minimum=1)', 'Knob(32, minimum=1), "status": Knob(3)'),
+     "knob 'status' is a bundled case key or a column of the results"),
 ])
 def test_a_plugin_that_fails_is_reported_with_its_file_and_line_and_leaves_nothing_registered(
         tmp_path: Path, text: str, words: str) -> None:
@@ -385,3 +387,47 @@ def test_nothing_from_the_database_names_a_plugin_to_import() -> None:
         confirm.plugin_checkout(user_plugins.Plugin(loader.PluginSpec("0" * 16, "x.py", "/x.py", "/x.py", "0" * 64),
                                                     (), "--plugin"), {"revision": "--upload-pack=evil", "name": "x.py"},
                                 Path("/nonexistent"))
+
+
+EXITS = textwrap.dedent('''\
+    import os
+    import sys
+
+    # Ends the process that imports it, but only in a worker: the controller lists it, a device dies of it.
+    if getattr(sys.modules["__main__"].__spec__, "name", "") == "harness.worker":
+        os._exit(3)
+
+    from kernels.registry import Built, register
+
+
+    @register("exiting_attn", "fp32", "torch", reference="dense")
+    def build(case, inputs, ctx):
+        return Built(fn=lambda: inputs.q, compute="never runs")
+    ''')
+
+
+@pytest.mark.slow
+def test_a_plugin_whose_import_ends_the_worker_fails_its_cases_and_a_fresh_worker_runs_the_rest(
+        tmp_path: Path, home: Path) -> None:
+    from harness.agent import Reporter, run_plan
+
+    exits = user_plugins.read_plugin(write(tmp_path, "exits.py", EXITS), "--plugin")
+    good = user_plugins.read_plugin(write(tmp_path, "chunked.py", CHUNKED), "--plugin")
+    load_status = user_plugins.load(user_plugins.PluginSet([exits, good]))
+    assert all(s.ok for s in load_status.statuses.values())  # on the controller it loads
+    cases = [canonical_case({"variant": v, "seq_len": 32, "heads": 1, "head_dim": 8, "chunk": 8, "threads": 1})
+             for v in ("exiting_attn", "chunked_dense", "dense")]
+    plan = {"run_id": "r1", "device": "local", "workdir": str(tmp_path / "work"), "seed": 0,
+            "measure": {"warmup_s": 0.0, "min_time_s": 0.01, "min_samples": 3, "max_time_s": 1, "timeout_s": 60},
+            "plugins": [exits.shipped().to_dict(), good.shipped().to_dict()],
+            "cases": [{"hash": case_hash(c), "case": c, **({"plugin": registry.origin_of(c)} if registry.origin_of(c)
+                                                          else {})} for c in cases]}
+    plan["plugins"] = user_plugins.materialize(plan["plugins"], tmp_path / "work")
+    journal = tmp_path / "journal.jsonl"
+    run_plan(plan, Reporter(journal))
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    results = {r["case_hash"]: r for r in records if r["type"] == "result"}
+    dead = results[case_hash(cases[0])]
+    assert dead["status"] == "failed" and "exits.py: importing it ended the worker (worker exited with status 3)" in \
+        dead["error"]
+    assert results[case_hash(cases[1])]["status"] == "ok" and results[case_hash(cases[2])]["status"] == "ok"

@@ -229,8 +229,9 @@ def define_variant(name: str, knobs: Mapping[str, Knob] | None = None,
     knobs = dict(knobs or {})
     for knob, spec in knobs.items():
         _check_name("knob", knob)
-        if knob in CASE_KEYS:
-            raise ValueError(f"knob {knob!r} is a bundled case key; give your knob a name of its own")
+        if knob in CASE_KEYS or knob in RESERVED_NAMES:
+            raise ValueError(f"knob {knob!r} is a bundled case key or a column of the results; give your knob a "
+                             "name of its own")
         if not isinstance(spec, Knob):
             raise ValueError(f"knob {knob!r}: expected Knob(default, ...), got {type(spec).__name__}")
         if type(spec.default) not in (int, float, bool, str):
@@ -288,6 +289,9 @@ def all_keys() -> tuple[str, ...]:
 # An export row (results.exchange) holds a plugin variant's knobs in this column, next to its other columns.
 KNOBS_COLUMN = "plugin_knobs"
 _ROW_MARKERS = ("case_hash", "status", KNOBS_COLUMN)
+# Names a knob may not take: they mean something else in a result row (a case is told from a row by them).
+RESERVED_NAMES = (*_ROW_MARKERS, "run_id", "device", "error", "details", "fingerprint", "samples_ms", "measure",
+                  "matrix", "matrix_text", "tag", "hash", "params", "id", "case", "label")
 
 
 def extra_keys(case: Mapping[str, Any]) -> dict[str, Any]:
