@@ -200,7 +200,7 @@ def _register_plugin_kernel(scope: PluginScope, kernel: Kernel, reference: Refer
                           f"variant 'my_{key.variant}' with reference='{key.variant}')")
     try:
         if key.variant in case_spec.known_variants():
-            if knobs or check or reference is not None:
+            if (knobs or check or reference is not None) and not _same_definition(key.variant, reference, knobs, check):
                 owner = "bundled" if key.variant in case_spec.VARIANTS else \
                     f"defined at {case_spec.plugin_variant(key.variant).origin}"  # type: ignore[union-attr]
                 raise ValueError(f"variant {key.variant!r} is {owner}: its knobs, check and reference are "
@@ -221,6 +221,15 @@ def _register_plugin_kernel(scope: PluginScope, kernel: Kernel, reference: Refer
         raise PluginError(f"{where}: {exc}") from None
     _REGISTRY[key] = kernel
     scope.keys.append(key)
+
+
+def _same_definition(variant: str, reference: Reference | None, knobs: Mapping[str, Knob] | None,
+                     check: Callable[..., Any] | None) -> bool:
+    """Whether a later `register` of a plugin variant repeats its definition exactly (allowed: a plugin may
+    give every kernel of its variant the same arguments)."""
+    vdef = case_spec.plugin_variant(variant)
+    return vdef is not None and _REFERENCES.get(variant) == reference and dict(vdef.knobs) == dict(knobs or {}) \
+        and vdef.check == check
 
 
 def _check_reference(variant: str, reference: Reference, knobs: Mapping[str, Knob]) -> None:

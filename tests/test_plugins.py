@@ -431,3 +431,20 @@ def test_a_plugin_whose_import_ends_the_worker_fails_its_cases_and_a_fresh_worke
     assert dead["status"] == "failed" and "exits.py: importing it ended the worker (worker exited with status 3)" in \
         dead["error"]
     assert results[case_hash(cases[1])]["status"] == "ok" and results[case_hash(cases[2])]["status"] == "ok"
+
+
+def test_a_plugin_may_repeat_its_variants_definition_on_each_kernel_but_not_change_it(tmp_path: Path) -> None:
+    second = CHUNKED + textwrap.dedent('''
+
+        @register("chunked_dense", "bf16", "torch", reference="dense", knobs={"chunk": Knob(32, minimum=1)},
+                  check=_check)
+        def build_bf16(case, inputs, ctx):
+            return build(case, inputs, ctx)
+        ''')
+    [status] = load(write(tmp_path / "a", "chunked.py", second)).statuses.values()
+    assert status.ok and status.kernels == ["chunked_dense/fp32/torch/core", "chunked_dense/bf16/torch/core"]
+    changed = second.replace('knobs={"chunk": Knob(32, minimum=1)},\n          check=_check)\ndef build_bf16',
+                             'knobs={"chunk": Knob(64, minimum=1)},\n          check=_check)\ndef build_bf16')
+    assert changed != second
+    [status] = load(write(tmp_path / "b", "chunked.py", changed)).statuses.values()
+    assert not status.ok and "its knobs, check and reference are its own" in status.error
