@@ -17,7 +17,11 @@ the controller for the `local` device and on a board over SSH. It
   while it does: a busy device is waited for (a `waiting` record every few seconds names the holder) up to
   the plan's `wait_timeout_s`, then the agent reports `busy` and exits;
 - with `measure.on_contention: wait`, waits (bounded) before each case until other processes leave the CPUs
-  quiet.
+  quiet;
+- has the worker import the run's plugins (users' kernels, shipped with the bundle) one at a time and
+  reports how each did in its `hello`; a case whose kernel comes from a plugin that did not load here (it
+  raised, or killed the worker) is `failed` with that plugin's error, and so is one the controller planned
+  with an `error` (its plugin did not load there either); every other case runs.
 
 Over SSH the controller starts it `--detach`ed (its own session, stdio off the SSH channel, a pid file), so
 every record goes to the journal, and reads the journal with `--follow`, which prints journal lines as they
@@ -268,8 +272,13 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
     probed = worker.ask({"probe": True, "workdir": workdir}, WORKER_START_TIMEOUT_S) if worker else None
     fp = probed["fingerprint"] if probed and "fingerprint" in probed else probe.fingerprint(workdir)
     caps = probe.capabilities(fp)
-    reporter.emit({"type": "hello", "run_id": run_id, "device": plan.get("device"), "fingerprint": fp,
-                   "agent_pid": os.getpid(), "agent_started_at": AGENT_STARTED_AT, "at": time.time()})
+    plugin_specs, plugin_statuses, worker = load_plugins(plan.get("plugins") or [], worker, python)
+    plugin_errors = {s["id"]: s.get("error") or "did not load" for s in plugin_statuses if not s.get("ok")}
+    hello = {"type": "hello", "run_id": run_id, "device": plan.get("device"), "fingerprint": fp,
+             "agent_pid": os.getpid(), "agent_started_at": AGENT_STARTED_AT, "at": time.time()}
+    if plan.get("plugins"):
+        hello["plugins"] = plugin_statuses
+    reporter.emit(hello)
     if plan.get("power") and worker is not None:
         idle_s = float(plan.get("measure", {}).get("idle_s", 5.0))
         idle = worker.ask({"idle": plan["power"], "seconds": idle_s}, idle_s + WORKER_START_TIMEOUT_S)
@@ -293,6 +302,13 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                                        float(measure_cfg.get("contention_wait_s", 60.0)))
             reporter.emit({"type": "start", "run_id": run_id, "case_hash": case_hash, "index": index})
             started = time.time()
+            planned_error = item.get("error") or plugin_errors.get(item.get("plugin") or "")
+            if planned_error:
+                reporter.emit({"type": "result", "run_id": run_id, "device": plan.get("device"),
+                               "case_hash": case_hash, "index": index, "status": "failed",
+                               "error": str(planned_error), "started_at": started, "finished_at": time.time()},
+                              durable=True)
+                continue
             reason = precheck(case, caps, _available_mb(worker), measure_cfg)
             if reason:
                 reporter.emit({"type": "result", "run_id": run_id, "device": plan.get("device"),
@@ -309,7 +325,8 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                                    "started_at": started, "finished_at": time.time()}, durable=True)
                     continue
             request = {"case": case, "measure": measure_cfg, "seed": plan.get("seed", 0), "caps": caps,
-                       "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown"), "workdir": workdir}
+                       "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown"), "workdir": workdir,
+                       "plugins": plugin_specs, "plugin": item.get("plugin")}
             answer = worker.ask(request, timeout)
             if answer is None:
                 # EOF comes a moment before a killed worker can be reaped: `alive` alone would call it a timeout.
@@ -337,6 +354,40 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
     finally:
         if worker is not None:
             worker.close()
+
+
+def load_plugins(specs: list[dict[str, Any]], worker: Worker | None, python: str
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Worker | None]:
+    """Have the worker import the plan's plugins one at a time: (the specs that loaded, to send with every
+    case; a status per plugin; the worker, a fresh one if a plugin's import killed the last). A plugin
+    whose import kills the worker (os._exit, a crash in native code) is named, left out, and a fresh
+    worker takes the others."""
+    good: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []
+    for spec in specs:
+        if worker is None:
+            statuses.append({"id": spec.get("id"), "origin": spec.get("origin"), "ok": False,
+                             "error": "no worker could start on this device to load it"})
+            continue
+        answer = worker.ask({"plugins": good + [spec]}, WORKER_START_TIMEOUT_S)
+        if answer is None or answer.get("error"):
+            if answer is None:
+                why = worker.exit_reason() if not worker.alive or worker.closed else "it took too long"
+                worker.kill()
+                try:
+                    worker = Worker(python)
+                except RuntimeError:
+                    worker = None
+                error = f"plugin {spec.get('origin')}: importing it ended the worker ({why})"
+            else:
+                error = str(answer["error"])
+            statuses.append({"id": spec.get("id"), "origin": spec.get("origin"), "ok": False, "error": error})
+            continue
+        status = answer["plugins"][-1]
+        statuses.append(status)
+        if status.get("ok"):
+            good.append(spec)
+    return good, statuses, worker
 
 
 def iter_plan_source(path: str | None) -> Iterator[str]:

@@ -4,7 +4,9 @@ The controller ships this to `workdir/bundles/<digest>/` on each device and runs
 device's own python (PYTHONPATH at the bundle). A device that already holds the digest gets nothing sent.
 Only device-side code goes in: the agent, the worker, workloads, kernels (with their data files) and the
 probes; never the results store, the dashboard or the CLI (they need the controller's dependencies and
-are no business of a board). Nothing is ever pip-installed on a device.
+are no business of a board). Nothing is ever pip-installed on a device. Users' kernel plugins of a run
+travel inside it too, under `plugins/<id>/` (`harness.plugins.bundle_files`): a changed plugin is a new
+bundle, as changed harness code is.
 """
 
 from __future__ import annotations
@@ -95,7 +97,10 @@ def digest_of(files: tuple[tuple[str, bytes], ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_bundle(root: Path = REPO_ROOT) -> Bundle:
-    """Read the device-side files under `root` and name them by their content."""
+def build_bundle(root: Path = REPO_ROOT, extra: tuple[tuple[str, bytes], ...] = ()) -> Bundle:
+    """Read the device-side files under `root`, add `extra` (path, bytes) files (plugins), and name them by
+    their content."""
     files = tuple((rel, (root / rel).read_bytes()) for rel in bundle_paths(root))
+    if extra:
+        files = tuple(sorted(dict(files + tuple(extra)).items()))
     return Bundle(files=files, digest=digest_of(files))

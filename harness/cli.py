@@ -52,6 +52,12 @@ def _wait_timeout(ctx: Any, param: Any, value: str) -> float | None:
     return seconds
 
 
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="PATH",
+    help="A kernel plugin (a .py file or a package folder) to load; repeat for several. Plugins are code you "
+         "choose to run: they run here and on the devices.")
+
+
 wait_timeout_option = click.option(
     "--wait-timeout", "wait_timeout", default="3600", show_default=True, metavar="SECONDS", callback=_wait_timeout,
     help="How long to wait for a device another run is measuring on (0: do not wait; 'none': no limit). A device "
@@ -155,12 +161,13 @@ def cli(debug: bool) -> None:
 @click.option("--max-cases", type=click.IntRange(1, 10_000_000), default=None, metavar="N",
               help="Refuse a matrix that expands to more cases than this (default 5000).")
 @format_option
+@plugin_option
 @db_option
 @inventory_option
 @output_options
 def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | None, dry_run: bool,
-        wait_timeout: float | None, stop_stale: bool, strict: bool, max_cases: int | None, fmt: str, db: str | None,
-        inventory: str | None) -> None:
+        wait_timeout: float | None, stop_stale: bool, strict: bool, max_cases: int | None, plugins: tuple[str, ...],
+        fmt: str, db: str | None, inventory: str | None) -> None:
     """Expand a sweep matrix, run it on devices, store every result as it arrives."""
     from devices.inventory import load_inventory
     from harness.controller import run_sweep
@@ -173,9 +180,10 @@ def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | Non
         # Validate the matrix and the devices before the database is opened (or created): bad input
         # writes nothing.
         outcome = run_sweep(inv, None, devices=devices, matrix_path=matrix, tag=tag, dry_run=True, strict=strict,
-                            **_max_cases(max_cases))
+                            plugins=plugins, **_max_cases(max_cases))
         if dry_run:
-            _print_plan(outcome.plan, outcome.not_implemented)
+            _print_plan(outcome.plan, outcome.not_implemented, outcome.plugin_failed)
+            _print_plugin_problems(outcome.plugin_problems)
             return
     if stop_stale and not resume:
         raise HarnessError("--stop-stale goes with --resume RUN_ID (it stops that run's leftover agents)")
@@ -183,11 +191,12 @@ def run(devices_opt: str, matrix: str | None, tag: str | None, resume: str | Non
     with _progress(fmt) as view:
         outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, resume=resume,
                             dry_run=dry_run, events=view.event, wait_timeout_s=wait_timeout, stop_stale=stop_stale,
-                            strict=strict, **_max_cases(max_cases))
+                            strict=strict, plugins=plugins, **_max_cases(max_cases))
     if outcome.dry_run:
-        _print_plan(outcome.plan, outcome.not_implemented)
+        _print_plan(outcome.plan, outcome.not_implemented, outcome.plugin_failed)
         return
-    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory), fmt=fmt)
+    _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory, plugins), fmt=fmt)
+    _print_plugin_problems(outcome.plugin_problems)
     sys.exit(outcome.exit_code)
 
 
@@ -199,12 +208,19 @@ def _progress(fmt: str) -> Any:
     return ProgressView(console if fmt == "text" else err_console, err_console, verbosity=_verbosity)
 
 
-def _resume_command(run_id: str, db: str | None, inventory: str | None) -> str:
-    """The command that resumes a run, with the --db and --inventory this one was given (pasteable, but
-    for a password in the database URL, which is masked)."""
+def _print_plugin_problems(problems: list[str]) -> None:
+    for line in problems:  # plain and unwrapped, as errors are: scripts grep them
+        print(f"plugin error: {terminal(line)}", file=sys.stderr)
+
+
+def _resume_command(run_id: str, db: str | None, inventory: str | None, plugins: tuple[str, ...] = ()) -> str:
+    """The command that resumes a run, with the --db, --inventory and --plugin this one was given (pasteable,
+    but for a password in the database URL, which is masked)."""
     import shlex
 
     parts = ["harness", "run", "--resume", run_id]
+    for path in plugins:
+        parts += ["--plugin", path]
     if db:
         parts += ["--db", mask_url(db)]  # a password never reaches the terminal or a log
     if inventory:
@@ -216,18 +232,23 @@ def _max_cases(max_cases: int | None) -> dict[str, int]:
     return {} if max_cases is None else {"max_cases": max_cases}
 
 
-def _print_plan(plan: Mapping[str, list[dict[str, Any]]], not_implemented: Mapping[str, str] | None = None) -> None:
+def _print_plan(plan: Mapping[str, list[dict[str, Any]]], not_implemented: Mapping[str, str] | None = None,
+                plugin_failed: Mapping[str, str] | None = None) -> None:
     from workloads.spec import case_label
 
     missing = not_implemented or {}
+    failing = plugin_failed or {}
     for device, items in plan.items():
         skipped = sum(1 for item in items if item["hash"] in missing)
+        failed = sum(1 for item in items if item["hash"] in failing)
         console.print(f"[bold]{_e(device)}[/]: {len(items)} case(s)" + (f", {skipped} to be stored as skipped "
-                                                                          "(no kernel)" if skipped else ""))
+                                                                          "(no kernel)" if skipped else "")
+                      + (f", {failed} to be stored as failed (a plugin did not load)" if failed else ""))
         for item in items:
             reason = missing.get(item["hash"])
             console.print(_e(f"  {item['hash']}  {case_label(item['case'])}") + (
-                f"  [yellow]skipped:[/] {_e(reason)}" if reason else ""))
+                f"  [yellow]skipped:[/] {_e(reason)}" if reason else "") + (
+                f"  [red]failed:[/] {_e(failing[item['hash']])}" if item["hash"] in failing else ""))
 
 
 def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None, fmt: str = "text") -> None:
@@ -278,13 +299,30 @@ def _print_summary(store: Any, outcome: Any, resume_hint: str | None = None, fmt
 @cli.command("kernels")
 @format_option
 @output_options
-def kernels_cmd(fmt: str) -> None:
-    """List the registered kernels and what each computes."""
+@plugin_option
+def kernels_cmd(fmt: str, plugins: tuple[str, ...]) -> None:
+    """List the registered kernels and what each computes (with --plugin, what plugins register)."""
     from harness import views
+    from harness.plugins import installed_plugins_present, kernel_listing
     from kernels.catalog import builtin_kernels
 
-    records = builtin_kernels()
+    problems: list[str] = []
+    notes: list[str] = []
+    if plugins or installed_plugins_present():
+        # Plugins are code: listing what they register means importing them (and torch).
+        rows, notes, problems = kernel_listing(plugins)
+        keys = ("variant", "precision", "backend", "scope", "needs", "from", "computes")
+        records = [dict(zip(keys, row)) for row in rows]
+        for r in records:
+            r["needs"] = [n for n in r["needs"].split(", ") if n]
+    else:
+        records = [dict(r, **{"from": "bundled"}) for r in builtin_kernels()]
     _emit(fmt, records, views.KERNEL_COLS, views.kernel_rows(records))
+    for line in notes:  # beside a JSON or markdown document, notes go to stderr
+        (console if fmt == "text" else err_console).print(_e(line))
+    _print_plugin_problems(problems)
+    if problems:
+        sys.exit(2)
 
 
 # -- devices ---------------------------------------------------------------------------------------------
@@ -691,10 +729,12 @@ def _warn_skipped(skipped: list[Any]) -> None:
         err_console.print(_e("warning: " + summarize_bad(skipped)))
 
 
-def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, inventory: str | None) -> list[Any]:
+def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, inventory: str | None,
+               plugins: tuple[str, ...] = ()) -> list[Any]:
     """Keep improvements, and the regressions that reproduce (or that could not be re-measured, said so)."""
     from devices.inventory import load_inventory
-    from harness.confirm import confirm
+    from harness.confirm import confirm, plugin_records_of
+    from harness.plugins import read_plugin
 
     suspects = [f for f in findings if f.direction == "regression"]
     revisions = {}
@@ -702,7 +742,9 @@ def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, 
         for run_id in (f.run_id, *f.runs_before[-1:]):
             revisions[run_id] = store.get_run(run_id).git_revision
     kept = [f for f in findings if f.direction != "regression"]
-    for c in confirm(suspects, load_inventory(inventory), revisions, rounds=rounds, min_effect=min_effect):
+    given = [read_plugin(path, "--plugin", key="--plugin") for path in plugins]
+    for c in confirm(suspects, load_inventory(inventory), revisions, rounds=rounds, min_effect=min_effect,
+                     plugin_records=plugin_records_of(store, suspects), plugins=given):
         err_console.print(("confirmed: " if c.confirmed else "not confirmed: " if c.confirmed is False
                            else "unconfirmed: ") + terminal(f"{c.finding.device} {c.finding.case_hash}: {c.reason}"),
                           markup=False)
@@ -729,11 +771,14 @@ metric_option = click.option("--metric", "metrics", multiple=True, default=("lat
               help="Re-measure each suspected regression ROUNDS times, old and new code alternated, and report "
                    "only those that reproduce.")
 @metric_option
+@click.option("--plugin", "plugins", multiple=True, metavar="PATH",
+              help="With --confirm: a plugin whose old and new revisions are taken from its own git repository "
+                   "(never from a path stored in the database); repeat for several.")
 @db_option
 @inventory_option
 @output_options
 def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha: float, confirm_rounds: int,
-            metrics: tuple[str, ...], db: str | None, inventory: str | None) -> None:
+            metrics: tuple[str, ...], plugins: tuple[str, ...], db: str | None, inventory: str | None) -> None:
     """The newest run per device against its history (exit 1 on regressions), or --history."""
     from harness.report import findings_json, findings_markdown, findings_text
 
@@ -743,7 +788,7 @@ def regress(devices_opt: str, history: bool, fmt: str, min_effect: float, alpha:
     findings = _regress(store, devices, history, min_effect, alpha, list(metrics), skipped)
     _warn_skipped(skipped)
     if confirm_rounds and not history:
-        findings = _confirmed(store, findings, confirm_rounds, min_effect, inventory)
+        findings = _confirmed(store, findings, confirm_rounds, min_effect, inventory, plugins)
     mode = "history" if history else "latest"
     if fmt == "json":
         print(findings_json(findings))
@@ -773,11 +818,13 @@ _NIGHTLY_MEANING = {0: "checked; no regression, every case produced a result or 
 @click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @wait_timeout_option
 @format_option
+@plugin_option
 @db_option
 @inventory_option
 @output_options
 def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, min_effect: float, alpha: float,
-            wait_timeout: float | None, fmt: str, db: str | None, inventory: str | None) -> None:
+            wait_timeout: float | None, plugins: tuple[str, ...], fmt: str, db: str | None,
+            inventory: str | None) -> None:
     """Run the sweep, then regress the newest run against history, then write the markdown report.
 
     Exit 0: no regression; 1: regression found, or cases failed or timed out; 3: could not check (a device
@@ -796,7 +843,7 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
 
     devices = [d.strip() for d in devices_opt.split(",") if d.strip()]
     inv = load_inventory(inventory)
-    run_sweep(inv, None, devices=devices, matrix_path=matrix, dry_run=True)  # validate before writing
+    run_sweep(inv, None, devices=devices, matrix_path=matrix, dry_run=True, plugins=plugins)  # validate first
     if report_path and not os.path.isdir(os.path.dirname(os.path.abspath(report_path))):
         raise HarnessError(f"{terminal(report_path)}: the report's folder does not exist; create it or pick another "
                            "--report path")
@@ -816,7 +863,7 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
     try:
         with _progress(fmt) as view:
             outcome = run_sweep(inv, store, devices=devices, matrix_path=matrix, tag=tag, events=view.event,
-                                wait_timeout_s=wait_timeout)
+                                wait_timeout_s=wait_timeout, plugins=plugins)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 (the nightly job reports instead of dying without a report)
@@ -824,7 +871,7 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
     if outcome is not None:
         try:
             if fmt == "text":
-                _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory))
+                _print_summary(store, outcome, resume_hint=_resume_command(outcome.run_id, db, inventory, plugins))
             problem_rows = [r for r in export_rows(store, [outcome.run_id]) if r["status"] != "ok"]
         except Exception as exc:  # noqa: BLE001
             failed("reading the run back", exc)
@@ -832,6 +879,7 @@ def nightly(devices_opt: str, matrix: str, tag: str, report_path: str | None, mi
             if d.status != "complete":
                 could_not_check.append(f"device {terminal(name)} did not finish ({terminal(d.status)}): "
                                        f"{terminal(d.error or 'no error recorded')}")
+        could_not_check += [terminal(line) for line in outcome.plugin_problems]
         try:
             findings = _regress(store, devices, False, min_effect, alpha, ["latency_ms"], skipped)
         except Exception as exc:  # noqa: BLE001

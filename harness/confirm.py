@@ -5,11 +5,18 @@ the harness code of the run before the change (the old bundle) and of the run af
 alternated A B A B so that drift in the device (heat, background load) hits both alike. The code of each side
 is taken from git at the revision the run recorded. The verdict is the same test the short-history check
 uses (Mann-Whitney on raw samples, and a minimum effect) on the pooled samples of each side.
+
+When the series measures a user's plugin, each side also gets that plugin at the revision its run recorded,
+taken from the plugin's own git repository: the one the plugin named on the command line (`--plugin PATH`)
+lives in, never a path stored in the database. Each revision is a validated hex name passed after
+`--end-of-options`, and what comes out must have the sha256 the run recorded (a run that measured
+uncommitted changes cannot be rebuilt, and says so).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tarfile
 import tempfile
@@ -17,13 +24,15 @@ import uuid
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from devices.inventory import DeviceConfig, Inventory
 from harness.controller import DEFAULT_WAIT_TIMEOUT_S, REPO_ROOT, AgentSession, LocalAgent
+from harness.plugins import Plugin, git_info, read_plugin
 from harness.safe_text import terminal
+from kernels.plugins import PluginSpec
 from results.regress import Finding, short_history_change
 from results.validate import GIT_REVISION
 from workloads.errors import HarnessError
@@ -67,12 +76,62 @@ def checkout(revision: str, dest: Path, repo: Path = REPO_ROOT) -> Path:
     return dest
 
 
+PLUGIN_REVISION = re.compile(r"[0-9a-f]{7,64}")
+
+
+def plugin_checkout(plugin: Plugin, record: dict[str, Any], dest: Path) -> Plugin:
+    """The plugin named on the command line (`plugin`), at the revision a run recorded for it (`record`, from
+    the database: only its revision and sha256 are used, both checked), taken from the plugin's own git
+    repository into `dest`. HarnessError when that cannot be done faithfully."""
+    rev = record.get("revision")
+    name = terminal(str(record.get("name")))[:80]
+    if not isinstance(rev, str) or not PLUGIN_REVISION.fullmatch(rev):
+        raise HarnessError(f"plugin {name}: the run recorded no git revision (or {terminal(str(rev))[:80]!r}, not a "
+                           "git object name): the code it ran cannot be rebuilt")
+    if record.get("dirty"):
+        raise HarnessError(f"plugin {name}: the run measured it with uncommitted changes on top of revision "
+                           f"{rev[:12]}; that code is not in git and cannot be rebuilt")
+    git = git_info(Path(plugin.spec.origin))
+    if git is None:
+        raise HarnessError(f"plugin {terminal(plugin.spec.origin)} is not in a git work tree: its old revisions "
+                           "cannot be taken from git")
+    # Everything after --end-of-options is the tree and its paths, never an option (git archive takes no "--").
+    proc = subprocess.run(["git", "-C", git["repo"], "archive", "--format=tar", "--end-of-options", rev,
+                           git["path_in_repo"]], capture_output=True, timeout=120)
+    if proc.returncode != 0:
+        raise HarnessError(f"cannot take plugin {git['path_in_repo']} at revision {rev[:12]} from {git['repo']}: "
+                           f"{terminal(proc.stderr.decode(errors='replace').strip())}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    taken = read_plugin(dest / git["path_in_repo"], f"revision {rev[:12]} of {plugin.spec.origin}")
+    if taken.spec.sha256 != record.get("sha256"):
+        raise HarnessError(f"plugin {name} at revision {rev[:12]} has sha256 {taken.spec.sha256[:16]}..., not the "
+                           f"{str(record.get('sha256'))[:16]}... the run recorded; it cannot be rebuilt faithfully")
+    return Plugin(PluginSpec(taken.spec.id, taken.spec.name, taken.spec.path, plugin.spec.origin, taken.spec.sha256),
+                  taken.files, taken.source, None)
+
+
+def matching_plugin(record: dict[str, Any], given: Sequence[Plugin]) -> Plugin | None:
+    """The plugin named on the command line that a stored record is about: same name (and path, when
+    several have that name)."""
+    same = [p for p in given if p.spec.name == record.get("name")]
+    if len(same) > 1:
+        same = [p for p in same if p.spec.origin == record.get("path")]
+    return same[0] if len(same) == 1 else None
+
+
 def _measure_once(device: DeviceConfig, code_root: Path, case: dict[str, Any], measure: MeasureConfig,
-                  start: Callable[[DeviceConfig, dict[str, Any], Path], AgentSession]) -> list[float]:
+                  start: Callable[[DeviceConfig, dict[str, Any], Path], AgentSession],
+                  plugin: Plugin | None = None) -> list[float]:
     # A fresh run id each time: the agent replays results it has journaled for a run id.
+    item: dict[str, Any] = {"hash": case_hash(case), "case": case}
+    if plugin is not None:
+        item["plugin"] = plugin.spec.id
     plan = {"run_id": f"confirm-{code_root.name}-{uuid.uuid4().hex[:8]}", "device": device.name, "seed": 0,
-            "cases": [{"hash": case_hash(case), "case": case}], "measure": measure.to_dict(),
+            "cases": [item], "measure": measure.to_dict(),
             "workdir": device.workdir, "power": None,
+            "plugins": [plugin.shipped().to_dict()] if plugin is not None else [],
             # Re-measuring waits for a device another run holds, as a run does (bounded the same way).
             "wait_timeout_s": DEFAULT_WAIT_TIMEOUT_S}
     session = start(device, plan, code_root)
@@ -99,8 +158,14 @@ def _starter(device: DeviceConfig, inventory: Inventory) -> Callable[[DeviceConf
 
 def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[str, str | None], *,
             rounds: int = 3, measure: MeasureConfig = CONFIRM_MEASURE, min_effect: float = 0.05,
-            repo: Path = REPO_ROOT) -> list[Confirmation]:
-    """Re-measure each regression finding, old and new code alternated; `revisions` maps run id -> git rev."""
+            repo: Path = REPO_ROOT, plugin_records: dict[tuple[str, str], dict[str, Any] | None] | None = None,
+            plugins: Sequence[Plugin] = ()) -> list[Confirmation]:
+    """Re-measure each regression finding, old and new code alternated; `revisions` maps run id -> git rev.
+
+    `plugin_records` maps (run id, case hash) to the record of the plugin whose kernel the run measured the
+    case with (from the database); such a case is re-measured with that plugin's revision of each side, taken
+    from the repository of the matching plugin in `plugins` (named on the command line)."""
+    plugin_records = plugin_records or {}
     out: list[Confirmation] = []
     with tempfile.TemporaryDirectory(prefix="harness-confirm-") as tmp:
         for finding in findings:
@@ -123,26 +188,72 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
                 out.append(Confirmation(finding, None, f"device {finding.device} is not in the inventory"))
                 continue
             start = _starter(device, inventory)
+            old_run = finding.runs_before[-1] if finding.runs_before else ""
             try:
+                old_plugin, new_plugin, plugin_note = _plugin_sides(
+                    plugin_records.get((old_run, finding.case_hash)),
+                    plugin_records.get((finding.run_id, finding.case_hash)), plugins, Path(tmp))
                 old_root = checkout(old_rev, Path(tmp) / f"old-{old_rev[:12]}", repo)
                 new_root = checkout(new_rev, Path(tmp) / f"new-{new_rev[:12]}", repo)
                 old: list[float] = []
                 new: list[float] = []
                 for _ in range(rounds):
-                    old += _measure_once(device, old_root, dict(finding.case), measure, start)
-                    new += _measure_once(device, new_root, dict(finding.case), measure, start)
+                    old += _measure_once(device, old_root, dict(finding.case), measure, start, old_plugin)
+                    new += _measure_once(device, new_root, dict(finding.case), measure, start, new_plugin)
             except HarnessError as exc:
                 out.append(Confirmation(finding, None, str(exc)))
                 continue
+            old_label, new_label = old_rev[:12] + plugin_note[0], new_rev[:12] + plugin_note[1]
             found = short_history_change(old, new, min_effect=min_effect)
             change = float(np.median(new) / np.median(old) - 1) * 100
             if found and found[0] == "regression":
-                out.append(Confirmation(finding, True, f"old {old_rev[:12]} vs new {new_rev[:12]}, {rounds} rounds "
+                out.append(Confirmation(finding, True, f"old {old_label} vs new {new_label}, {rounds} rounds "
                                                        f"alternated: {change:+.1f}%, p = {found[3]:.2g}",
                                         old, new, change, found[3]))
             else:
-                out.append(Confirmation(finding, False, f"not reproduced: old {old_rev[:12]} vs new {new_rev[:12]}, "
+                out.append(Confirmation(finding, False, f"not reproduced: old {old_label} vs new {new_label}, "
                                                         f"{rounds} rounds alternated: {change:+.1f}%", old, new, change))
+    return out
+
+
+def _plugin_sides(old_rec: dict[str, Any] | None, new_rec: dict[str, Any] | None, given: Sequence[Plugin],
+                  tmp: Path) -> tuple[Plugin | None, Plugin | None, tuple[str, str]]:
+    """The plugin code of the old and the new side (None: a bundled kernel), and words naming them."""
+    if old_rec is None and new_rec is None:
+        return None, None, ("", "")
+    sides: list[Plugin | None] = []
+    words = []
+    for label, rec in (("old", old_rec), ("new", new_rec)):
+        if rec is None:
+            sides.append(None)
+            words.append("")
+            continue
+        plugin = matching_plugin(rec, given)
+        if plugin is None:
+            raise HarnessError(f"the case's kernel comes from plugin {terminal(str(rec.get('name')))[:80]}; give it "
+                               "with --plugin PATH so its revisions can be taken from its own git repository (the "
+                               "harness never takes code from a path stored in the database)")
+        taken = plugin_checkout(plugin, rec, tmp / f"plugin-{label}-{str(rec.get('revision'))[:12]}")
+        sides.append(taken)
+        words.append(f" with plugin {taken.spec.name} {str(rec.get('revision'))[:12]}")
+    return sides[0], sides[1], (words[0], words[1])
+
+
+def plugin_records_of(store: Any, findings: Iterable[Finding]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(run id, case hash) -> the record of the plugin that ran that case in that run, for both sides of each
+    finding (read from the runs' fingerprints: data, never imported)."""
+    from sqlalchemy import select
+
+    from results.models import Device, RunDevice
+    from results.regress import plugin_of
+
+    out: dict[tuple[str, str], dict[str, Any] | None] = {}
+    with store.Session() as s:
+        for f in findings:
+            for run_id in (f.run_id, *f.runs_before[-1:]):
+                fp = s.scalar(select(RunDevice.fingerprint).join(Device, Device.id == RunDevice.device_id)
+                              .where(RunDevice.run_id == run_id, Device.name == f.device))
+                out[(run_id, f.case_hash)] = plugin_of(fp if isinstance(fp, dict) else None, f.case)
     return out
 
 

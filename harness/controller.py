@@ -15,6 +15,12 @@ Every way a run ends is recorded:
 - A controller that dies without a chance to clean up (SIGKILL, OOM, power loss) leaves a `running` run
   whose process is gone or whose heartbeat is stale: it reads as `abandoned` (`results.store.run_state`),
   and `--resume` refuses while an agent of that run is still alive on any device (`--stop-stale` stops it).
+
+Users' kernel plugins (`harness.plugins`) are loaded here before the matrix is checked, shipped with the
+plan (inside the bundle over SSH, copied into the workdir for `local`), and recorded: every plugin's path,
+sha256, git revision and dirty flag in each device's fingerprint, and the record of the plugin whose kernel
+ran in each of its rows' details. A resumed run takes its plugins from `--plugin` again, never from the
+database, and refuses ones whose content changed.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from devices.inventory import DeviceConfig, Inventory
 from harness import lease
-from kernels.registry import lookup
+from harness import plugins as user_plugins
+from kernels.registry import lookup, origin_of
 from results.store import HEARTBEAT_INTERVAL_S, Store
 from workloads.errors import ConfigError, DatabaseError, DeviceError, HarnessError, NotRegisteredError, StoreError
 from workloads.matrix import DEFAULT_MAX_CASES, Sweep, parse_matrix
-from workloads.spec import case_hash, case_label
+from workloads.spec import case_hash, case_label, is_known
 from workloads.stats import instability_warning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +121,8 @@ class LocalAgent:
         workdir.mkdir(parents=True, exist_ok=True)
         stem = lease.run_file_stem(str(workdir), str(plan["run_id"]), device.name)
         self.journal = Path(stem + ".jsonl")
+        if plan.get("plugins"):  # the local device runs its own copy of exactly what was hashed
+            plan = dict(plan, plugins=user_plugins.materialize(plan["plugins"], workdir))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
         # cwd is the code root too: `python -m` puts the working directory first on sys.path.
@@ -201,6 +210,10 @@ class RunOutcome:
     plan: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Planned cases no kernel implements (stored as skipped with this reason), by case hash.
     not_implemented: dict[str, str] = field(default_factory=dict)
+    # Planned cases of variants a plugin that failed to load should have registered (stored as failed).
+    plugin_failed: dict[str, str] = field(default_factory=dict)
+    # Plugins that did not load on the controller, or could not be found (one line each, file and line).
+    plugin_problems: list[str] = field(default_factory=list)
     # Every stored measurement of the run by status (a resumed run includes the earlier ones).
     counts: dict[str, int] = field(default_factory=dict)
     # The signal that interrupted the run, and why it ended as it did when not by finishing.
@@ -248,14 +261,16 @@ def check_registered(sweep: Sweep, file: str, *, strict: bool = True) -> dict[st
 
     A value no kernel knows at all (a precision no kernel computes, say) is a ConfigError naming the
     known values; with `strict`, so is any combination without a kernel. Raised before anything is
-    written."""
+    written. Cases of a variant nobody registered because a plugin failed to load (`plugin_failures`)
+    are left out here."""
     from kernels.registry import unknown_values
 
-    for key, value, known in unknown_values(sweep.cases):
-        raise ConfigError(f"no kernel computes {key} {value!r}; kernels know: {', '.join(known)}", file=file,
+    known = [c for c in sweep.cases if is_known(c)]
+    for key, value, values in unknown_values(known):
+        raise ConfigError(f"no kernel computes {key} {value!r}; kernels know: {', '.join(values)}", file=file,
                           key=key)
     missing: dict[str, str] = {}
-    for case in sweep.cases:
+    for case in known:
         try:
             lookup(case)
         except NotRegisteredError as exc:
@@ -266,27 +281,86 @@ def check_registered(sweep: Sweep, file: str, *, strict: bool = True) -> dict[st
     return missing
 
 
+def plugin_failures(sweep: Sweep, file: str, plugins: user_plugins.PluginSet | None, *,
+                    strict: bool = False) -> dict[str, str]:
+    """Cases of a variant (or backend) nobody registered, by hash, with the error of the plugins that failed
+    to load (they are stored as `failed`); with `strict`, a ConfigError instead."""
+    failed: dict[str, str] = {}
+    for case in sweep.cases:
+        if is_known(case):
+            continue
+        reason = plugins.unknown_case_error(case) if plugins is not None else \
+            f"variant {case.get('variant')!r} is registered by no loaded plugin"
+        if strict:
+            raise ConfigError(f"{reason} (case {case_label(case)})", file=file, key="plugins")
+        failed[case_hash(case)] = reason
+    return failed
+
+
+def _plugin_hook(cli: list[str], matrix_file: str, holder: dict[str, Any]) -> Callable[..., bool]:
+    """The matrix's PluginHook for a new run: reads and loads the command line's and the matrix's plugins
+    (and installed entry points) into this process; keeps the set in `holder`."""
+    def hook(declared: list[tuple[str, int | None]]) -> bool:
+        found = user_plugins.load(user_plugins.resolve_plugins(cli, declared, matrix_file=matrix_file))
+        holder["plugins"] = found
+        return not found.failed
+    return hook
+
+
+def _resume_hook(cli: list[str], run_id: str, recorded: list[dict[str, Any]],
+                 holder: dict[str, Any]) -> Callable[..., bool]:
+    """The PluginHook of a resumed run: the plugins come from `--plugin` (and entry points) only, never from
+    the paths its stored matrix or fingerprints name, and must be the ones the run recorded."""
+    def hook(declared: list[tuple[str, int | None]]) -> bool:
+        found = user_plugins.resolve_plugins(cli)
+        given = {p.spec.sha256 for p in found.plugins}
+        names = {p.spec.name: p for p in found.plugins}
+        for rec in recorded:
+            if rec.get("sha256") in given:
+                continue
+            now = names.get(str(rec.get("name")))
+            if now is not None:
+                raise ConfigError(f"plugin {now.spec.origin} changed since run {run_id} started (sha256 "
+                                  f"{str(rec.get('sha256'))[:16]}... then, {now.spec.sha256[:16]}... now): a run "
+                                  "measures one version of a plugin; start a new run for this one", key="--plugin")
+            raise ConfigError(f"run {run_id} ran plugin {rec.get('name')} (recorded at {rec.get('path')}, sha256 "
+                              f"{str(rec.get('sha256'))[:16]}...); the harness never imports code named only by the "
+                              "database: give it again with --plugin PATH", key="--plugin")
+        if declared and not recorded and not cli:
+            raise ConfigError(f"the matrix of run {run_id} names plugins ({', '.join(p for p, _ in declared)}); the "
+                              "harness never imports code named only by the database: give them again with "
+                              "--plugin PATH", key="--plugin")
+        user_plugins.load(found)
+        holder["plugins"] = found
+        return not found.failed
+    return hook
+
+
 def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], matrix_path: str | None = None,
               sweep: Sweep | None = None, tag: str | None = None, resume: str | None = None,
               dry_run: bool = False, events: Events = _no_events,
               transport_factory: Callable[[DeviceConfig, Inventory], Transport] = transport_for,
               wait_timeout_s: float | None = DEFAULT_WAIT_TIMEOUT_S, stop_stale: bool = False,
-              strict: bool = False, max_cases: int | None = DEFAULT_MAX_CASES) -> RunOutcome:
+              strict: bool = False, max_cases: int | None = DEFAULT_MAX_CASES,
+              plugins: list[str] | tuple[str, ...] = ()) -> RunOutcome:
     """Expand the matrix, plan per device, run, and store each result as it arrives.
 
     Everything about the input is checked before anything is written: the matrix (at most `max_cases`
     cases), the devices, the kernels (`strict`: a combination without a kernel is refused rather than
     stored as skipped), the test-only slowdown variable. `wait_timeout_s`: how long a device held by another
     run is waited for (None: no limit, 0: not at all). `stop_stale` (with `resume`): stop agents of that run
-    still alive on its devices instead of refusing."""
+    still alive on its devices instead of refusing. `plugins`: paths of users' kernel plugins, loaded with
+    those the matrix names (and installed entry points); on `resume`, the only way to name them."""
     planted = planted_slowdown_from_env()  # a bad value is refused here, before anything runs
+    holder: dict[str, Any] = {}
     if resume:
         if store is None:
             raise HarnessError("--resume needs the results database")
         run = store.get_run(resume)
         if run.status == "complete":
             raise HarnessError(f"run {run.id} is complete; nothing to resume")
-        sweep = parse_matrix(run.matrix_text, f"<matrix of run {run.id}>", max_cases=None)
+        sweep = parse_matrix(run.matrix_text, f"<matrix of run {run.id}>", max_cases=None,
+                             plugins=_resume_hook(list(plugins), run.id, store.run_plugins(run.id), holder))
         run_devices = store.run_devices(run.id)
         names = [d for d in devices if d in run_devices] if devices else run_devices
         unknown = [d for d in devices if d not in run_devices]
@@ -300,12 +374,17 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
                 raise ConfigError("give --matrix FILE (for example sweeps/quick.yaml)", key="--matrix")
             from workloads.matrix import load_matrix
 
-            sweep = load_matrix(matrix_path, max_cases=max_cases)
+            sweep = load_matrix(matrix_path, max_cases=max_cases,
+                                plugins=_plugin_hook(list(plugins), matrix_path, holder))
+        elif plugins:
+            _plugin_hook(list(plugins), "<matrix>", holder)([])
         if not devices:
             raise ConfigError("give --devices NAME[,NAME...] (the device 'local' always exists)", key="--devices")
         names = devices
         run_id = ""
+    plugin_set: user_plugins.PluginSet | None = holder.get("plugins")
     not_implemented = check_registered(sweep, matrix_path or "<matrix>", strict=strict)
+    plugin_failed = plugin_failures(sweep, matrix_path or "<matrix>", plugin_set, strict=strict)
     configs = inventory.resolve(names)
     if len(set(names)) != len(names):
         raise ConfigError(f"a device is named twice in --devices: {','.join(names)}", key="--devices")
@@ -313,11 +392,13 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     plans: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         done = store.stored_hashes(run_id, name) if resume and store else set()
-        plans[name] = [{"hash": case_hash(c), "case": c} for c in sweep.cases if case_hash(c) not in done]
+        plans[name] = [_plan_item(c, plugin_failed) for c in sweep.cases if case_hash(c) not in done]
+    problems = plugin_set.messages() if plugin_set else []
     if dry_run:
         return RunOutcome(run_id="", status="dry-run", devices={n: DeviceOutcome(n, planned=len(p))
                                                                for n, p in plans.items()},
-                          dry_run=True, plan=plans, not_implemented=not_implemented)
+                          dry_run=True, plan=plans, not_implemented=not_implemented, plugin_failed=plugin_failed,
+                          plugin_problems=problems)
     assert store is not None
     if resume:
         store.check_resumable(run_id)  # a live controller first: its agents are not stale
@@ -332,10 +413,26 @@ def run_sweep(inventory: Inventory, store: Store | None, *, devices: list[str], 
     stop_request = StopRequest()
     stop_request.install()
     try:
-        return _run(inventory, store, sweep, configs, names, plans, run_id, resume, tag, events,
-                    transport_factory, wait_timeout_s, stop_request, planted)
+        outcome = _run(inventory, store, sweep, configs, names, plans, run_id, resume, tag, events,
+                       transport_factory, wait_timeout_s, stop_request, planted, plugin_set)
     finally:
         stop_request.restore()
+    outcome.plugin_failed, outcome.plugin_problems = plugin_failed, problems
+    return outcome
+
+
+def _plan_item(case: dict[str, Any], plugin_failed: Mapping[str, str]) -> dict[str, Any]:
+    """One case of a device's plan: its hash and keys, the plugin whose kernel runs it, or the error that
+    keeps it from running (its plugin failed to load)."""
+    h = case_hash(case)
+    item: dict[str, Any] = {"hash": h, "case": case}
+    if h in plugin_failed:
+        item["error"] = plugin_failed[h]
+    else:
+        plugin = origin_of(case)
+        if plugin:
+            item["plugin"] = plugin
+    return item
 
 
 def find_stale_agents(inventory: Inventory, configs: list[DeviceConfig], run_id: str,
@@ -391,7 +488,8 @@ def _controller_id() -> str:
 def _run(inventory: Inventory, store: Store, sweep: Sweep, configs: list[DeviceConfig], names: list[str],
          plans: dict[str, list[dict[str, Any]]], run_id: str, resume: str | None, tag: str | None,
          events: Events, transport_factory: Callable[[DeviceConfig, Inventory], Transport],
-         wait_timeout_s: float | None, stop_request: StopRequest, planted: dict[str, int] | None) -> RunOutcome:
+         wait_timeout_s: float | None, stop_request: StopRequest, planted: dict[str, int] | None,
+         plugin_set: user_plugins.PluginSet | None = None) -> RunOutcome:
     if resume:
         store.reopen_run(run_id)
     else:
@@ -407,12 +505,16 @@ def _run(inventory: Inventory, store: Store, sweep: Sweep, configs: list[DeviceC
     stop = threading.Event()
     silence = sweep.measure.timeout_s + AGENT_SILENCE_GRACE_S
     controller = _controller_id()
+    shipped = [p.shipped().to_dict() for p in plugin_set.loaded] if plugin_set else []
+    tracked = RunPlugins(plugin_set, {item["hash"]: item["plugin"] for items in plans.values() for item in items
+                                      if item.get("plugin")})
 
     def drive(config: DeviceConfig) -> None:
         name = config.name
         plan = {"run_id": run_id, "device": name, "cases": plans[name], "measure": sweep.measure.to_dict(),
                 "workdir": config.workdir, "power": dict(config.power) if config.power else None, "seed": 0,
-                "test_slowdown": planted, "wait_timeout_s": wait_timeout_s, "controller": controller}
+                "test_slowdown": planted, "wait_timeout_s": wait_timeout_s, "controller": controller,
+                "plugins": shipped}
         try:
             if not plans[name]:
                 inbox.put((name, "end", {"status": "complete"}))
@@ -473,7 +575,7 @@ def _run(inventory: Inventory, store: Store, sweep: Sweep, configs: list[DeviceC
             except queue.Empty:
                 return
             if kind != "end":
-                _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events, sweep)
+                _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events, sweep, tracked)
 
     for t in threads:
         t.start()
@@ -488,7 +590,7 @@ def _run(inventory: Inventory, store: Store, sweep: Sweep, configs: list[DeviceC
                 name, kind, record = inbox.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events, sweep)
+            _handle(store, run_id, name, kind, record, cases_by_hash, outcome, events, sweep, tracked)
             if kind == "end":
                 running.discard(name)
         if stop_request.event.is_set():
@@ -541,12 +643,34 @@ def _database_failed(store: Store, run_id: str, exc: BaseException) -> RunFailed
                      f"harness run --resume {run_id}")
 
 
+@dataclass
+class RunPlugins:
+    """A run's plugins and which case's kernel each provides: what `_handle` records with the results."""
+
+    plugins: user_plugins.PluginSet | None = None
+    by_case: dict[str, str] = field(default_factory=dict)  # case hash -> plugin id
+
+    def fingerprint(self, fp: Mapping[str, Any] | None, hello: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The device's fingerprint with every plugin's record and how it loaded there."""
+        if not self.plugins or not self.plugins.plugins or fp is None:
+            return fp
+        there = {s.get("id"): s for s in hello.get("plugins") or [] if isinstance(s, dict)}
+        return {**fp, "plugins": self.plugins.records(there)}
+
+    def detail(self, case_hash: str) -> dict[str, Any] | None:
+        """The record of the plugin whose kernel ran this case (None: a bundled kernel)."""
+        plugin = self.plugins.by_id(self.by_case.get(case_hash)) if self.plugins else None
+        return plugin.record() if plugin else None
+
+
 def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, Any],
             cases_by_hash: Mapping[str, Mapping[str, Any]], outcome: RunOutcome, events: Events,
-            sweep: Sweep) -> None:
+            sweep: Sweep, tracked: RunPlugins | None = None) -> None:
     device = outcome.devices[name]
+    tracked = tracked or RunPlugins()
     if kind == "hello":
-        store.set_run_device(run_id, name, status="running", fingerprint=record.get("fingerprint"))
+        store.set_run_device(run_id, name, status="running",
+                             fingerprint=tracked.fingerprint(record.get("fingerprint"), record))
         device.governor = (record.get("fingerprint") or {}).get("governor")
         events(name, "hello", record)
     elif kind == "idle":
@@ -563,6 +687,9 @@ def _handle(store: Store, run_id: str, name: str, kind: str, record: dict[str, A
                 warmup_extended=bool(record.get("warmup_extended")), min_samples=sweep.measure.min_samples)
             if warning:
                 record = {**record, "notes": [*(record.get("notes") or []), warning]}
+        plugin = tracked.detail(record["case_hash"])
+        if plugin:
+            record = {**record, "plugin": plugin}
         stored = store.add_result(run_id, name, case, record)
         if stored.stored:
             device.counts[record["status"]] = device.counts.get(record["status"], 0) + 1

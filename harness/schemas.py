@@ -39,6 +39,39 @@ def write_all(directory: Path = SCHEMA_DIR) -> list[Path]:
     return written
 
 
+def main(argv: list[str]) -> int:
+    """`python -m harness.schemas [--plugin PATH ...] [DIR]`: the published schemas (to schemas/ by default);
+    with plugins, a matrix schema that also knows their variants, backends and knobs (give a DIR of your
+    own for it: the published one describes the bundled kernels only)."""
+    plugins: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--plugin":
+            plugins.append(next(args, ""))
+        else:
+            rest.append(arg)
+    directory = Path(rest[0]) if rest else SCHEMA_DIR
+    if not plugins:
+        for p in write_all(directory):
+            print(p)
+        return 0
+    from functools import partial
+
+    from harness.plugins import load, resolve_plugins
+    from workloads.matrix import matrix_schema
+
+    found = load(resolve_plugins(plugins))
+    for line in found.messages():
+        print(f"plugin error: {line}", file=sys.stderr)
+    if found.failed:
+        return 2
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "matrix.schema.json"
+    path.write_text(render(partial(matrix_schema, with_plugins=True)))
+    print(path)
+    return 0
+
+
 if __name__ == "__main__":
-    for p in write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else SCHEMA_DIR):
-        print(p)
+    sys.exit(main(sys.argv[1:]))

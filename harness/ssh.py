@@ -192,13 +192,18 @@ _bundle_lock = threading.Lock()
 _bundle_cache: dict[str, tuple[Bundle, bytes]] = {}
 
 
-def current_bundle(root: Path = REPO_ROOT) -> tuple[Bundle, bytes]:
-    """The bundle of the code under `root` (this checkout by default) and its tarball, built once per
-    process (all device threads share it)."""
-    key = str(root)
+def current_bundle(root: Path = REPO_ROOT, plugins: list[dict[str, Any]] | None = None) -> tuple[Bundle, bytes]:
+    """The bundle of the code under `root` (this checkout by default) with the run's `plugins` (the plan's
+    specs) and its tarball, built once per process and plugin set (all device threads share it)."""
+    key = str(root) + "|" + ",".join(sorted(p["sha256"] for p in plugins or ()))
     with _bundle_lock:
         if key not in _bundle_cache:
-            bundle = build_bundle(root)
+            extra: tuple[tuple[str, bytes], ...] = ()
+            if plugins:
+                from harness.plugins import bundle_files
+
+                extra = tuple(bundle_files(plugins))
+            bundle = build_bundle(root, extra)
             _bundle_cache[key] = (bundle, bundle.tarball())
         return _bundle_cache[key]
 
@@ -515,7 +520,7 @@ class SSHAgentSession:
         self.done_at: float | None = None
         self.starting = False  # an agent was started and has not written its first line yet
         self.stderr_tail = b""
-        self.bundle, self.tarball = current_bundle(transport.code_root)
+        self.bundle, self.tarball = current_bundle(transport.code_root, plan.get("plugins"))
         self.paths = RemotePaths.of(transport.workdir, self.bundle.digest, self.run_id, self.device.name)
         self._stopped = False
         transport.connect()

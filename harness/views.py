@@ -160,7 +160,8 @@ def compare_markdown(result: Any, rows: Sequence[Mapping[str, Any]], table: str)
 # -- kernels ----------------------------------------------------------------------------------------------
 KERNEL_COLS = (
     Col("variant", "variant"), Col("precision", "precision", short="prec"), Col("backend", "backend"),
-    Col("scope", "scope"), Col("needs_shown", "needs", drop=1), Col("computes", "computes"),
+    Col("scope", "scope"), Col("needs_shown", "needs", drop=1), Col("from", "from", drop=2),
+    Col("computes", "computes"),
 )
 
 

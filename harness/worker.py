@@ -6,8 +6,13 @@ reuses one worker across cases, so a sweep pays the torch import once, and start
 kills it. Runs on devices: standard library, numpy, psutil and torch only.
 
 A request: {"case": {...canonical case...}, "measure": {...MeasureConfig...}, "seed": 0,
-            "caps": {...}, "power": {...inventory power mapping...} | null, "workdir": str | null}
+            "caps": {...}, "power": {...inventory power mapping...} | null, "workdir": str | null,
+            "plugins": [{...kernels.plugins.PluginSpec...}], "plugin": id | null}
 An answer: {"status": "ok" | "failed" | "skipped", "error": str | null, "samples_ms": [...], ...}
+
+Users' plugins (`plugins`) are imported once per worker, before the first case (`kernels.plugins`); a case
+whose kernel comes from a plugin that did not load here (`plugin`) fails with that plugin's error, file and
+line. `{"plugins": [...]}` alone loads them and answers each one's status.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     from kernels.inputs import make_inputs
     from kernels.metrics import accuracy
     from kernels.reference import dense_reference, reference_output
-    from kernels.registry import Context, Unsupported, lookup
+    from kernels.registry import Context, Unsupported, lookup, reference_of
 
     case = request["case"]
     if case.get("variant") == EXTERNAL:  # an imported benchmark: nothing here can run it (the matrix refuses it)
@@ -94,6 +99,9 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     cfg = MeasureConfig.from_dict(request.get("measure", {}))
     caps = request.get("caps") or {}
     result: dict[str, Any] = {"status": "failed", "error": None}
+    failure = load_plugins(request.get("plugins"), request.get("plugin"))
+    if failure:
+        return {"status": "failed", "error": failure}
     try:
         kernel = lookup(case)
     except HarnessError as exc:
@@ -148,9 +156,13 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         "thermal": _thermal_record(thermal_before, _thermal_snapshot(), cooldown),
     })
     del built
-    reference = reference_output(case, inputs)
+    ref_case, ref_fn = reference_of(case)
+    reference = reference_output(ref_case, inputs) if ref_fn is None else plugin_reference(ref_fn, case, inputs)
     result["accuracy"] = accuracy(first, reference)
-    if case["variant"] != "dense":
+    if ref_case is not case:
+        result["reference"] = f"variant {ref_case['variant']}" if ref_fn is None else \
+            f"the plugin's function {getattr(ref_fn, '__qualname__', 'reference')}"
+    if case["variant"] != "dense" and (ref_fn is not None or ref_case["variant"] != "dense"):
         vs_dense = accuracy(first, dense_reference(case, inputs))
         result["accuracy"].update({f"{k}_vs_dense": v for k, v in vs_dense.items()})
     if math.isnan(result["accuracy"]["cos_sim"]):
@@ -159,6 +171,40 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         result["status"] = "failed"
         result["error"] = "the kernel's output contains NaN or infinity; accuracy is undefined"
     return result
+
+
+class PluginReferenceError(Exception):
+    """A plugin's reference function failed or returned something that is not a float64 output."""
+
+
+def plugin_reference(fn: Any, case: Mapping[str, Any], inputs: Any) -> Any:
+    """A plugin's own float64 reference for the case: a float64 torch tensor or numpy array."""
+    import numpy as np
+    import torch
+
+    try:
+        out = fn(dict(case), inputs)
+    except Exception as exc:
+        raise PluginReferenceError(f"the plugin's reference function raised {type(exc).__name__}: {exc}") from exc
+    dtype = getattr(out, "dtype", None)
+    if dtype not in (torch.float64, np.float64):
+        raise PluginReferenceError(f"the plugin's reference function returned {type(out).__name__} of dtype "
+                                   f"{dtype}; a reference is computed in float64 (torch.float64 or numpy float64)")
+    return out.detach().cpu() if isinstance(out, torch.Tensor) else out
+
+
+def load_plugins(specs: Any, plugin_id: str | None = None) -> str | None:
+    """Load the plan's plugins in this worker (once; nothing is re-imported for the next case) and say why a
+    case whose kernel comes from plugin `plugin_id` cannot run here, or None."""
+    if not specs:
+        return f"plugin {plugin_id} was not sent to this device" if plugin_id else None
+    from kernels import plugins
+
+    problem = plugins.spec_error(specs)
+    if problem:
+        return f"the plan's plugins are malformed: {problem}"
+    plugins.activate(specs)
+    return plugins.failure_for(plugin_id)
 
 
 _SAMPLERS: dict[str, Any] = {}
@@ -270,6 +316,14 @@ def serve(requests: Any, out: Any) -> None:
             from devices.probe import fingerprint
 
             out.write(json.dumps({"fingerprint": fingerprint(request.get("workdir"))}) + "\n")
+            out.flush()
+            continue
+        if "plugins" in request and "case" not in request:
+            from kernels import plugins
+
+            problem = plugins.spec_error(request["plugins"])
+            statuses = [] if problem else [st.to_dict() for st in plugins.activate(request["plugins"])]
+            out.write(json.dumps({"plugins": statuses, "error": problem}) + "\n")
             out.flush()
             continue
         if "idle" in request:

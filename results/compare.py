@@ -221,7 +221,10 @@ def compare_cases(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[
         assert row is not None
         case = {k: row.get(k) for k in CASE_COLUMNS if row.get(k) is not None and not _isnan(row.get(k))}
         out.append(CaseComparison(
-            device=key[0], case_hash=key[1], case=case, label=case_label(case) if "variant" in case else key[1],
+            device=key[0], case_hash=key[1], case=case,
+            # The stored label names a plugin variant's knobs too (they are no columns).
+            label=row["case"] if isinstance(row.get("case"), str) and row.get("case") else
+            case_label(case) if "variant" in case else key[1],
             a=sa, b=sb, speedup=speedup, ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
             verdict=verdict_for(sa, sb, speedup, ci, min_effect)))
     return out

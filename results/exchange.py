@@ -30,7 +30,8 @@ from sqlalchemy import select
 
 from harness.safe_text import spreadsheet_cell, spreadsheet_restore
 from workloads.errors import ConfigError
-from workloads.spec import CASE_COLUMNS, PUBLIC_CASE_COLUMNS, CaseKeyError, canonical_case, case_hash
+from workloads.spec import (CASE_COLUMNS, KNOBS_COLUMN, PUBLIC_CASE_COLUMNS, VARIANTS, CaseKeyError, canonical_case,
+                            case_hash, extra_keys)
 from workloads.yamlload import read_text
 
 from .models import Case, Device, Measurement, Run, RunDevice, SampleSet
@@ -40,7 +41,7 @@ from .validate import StoredRun, check_rows, graft_problem
 RUN_COLUMNS = ("run_id", "started_at", "finished_at", "run_status", "matrix", "tag", "harness_version",
                "git_revision")
 MEASUREMENT_COLUMNS = (
-    "device", "status", "error", "case_hash", *CASE_COLUMNS,
+    "device", "status", "error", "case_hash", *CASE_COLUMNS, KNOBS_COLUMN,
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "n_samples",
     "inner_loops", "threads_used", "peak_mem_mb", "kv_bytes", "input_bytes",
     "energy_mj_per_inf", "power_w_avg", "idle_power_w", "power_source", "is_estimate",
@@ -58,7 +59,7 @@ def columns_for(rows: Iterable[dict[str, Any]]) -> tuple[str, ...]:
     rows = list(rows)
     used = {c for c in HIDDEN_COLUMNS if any(r.get(c) is not None for r in rows)}
     return tuple(c for c in COLUMNS if c not in HIDDEN_COLUMNS or c in used)
-JSON_COLUMNS = {"samples_ms", "details", "fingerprint", "measure"}
+JSON_COLUMNS = {"samples_ms", "details", "fingerprint", "measure", KNOBS_COLUMN}
 INT_COLUMNS = {"seq_len", "batch", "heads", "head_dim", "model_dim", "threads", "window", "block_size", "topk",
                "rank", "depth", "group_size", "slowdown", "n_samples", "inner_loops", "threads_used", "kv_bytes",
                "input_bytes"}
@@ -121,7 +122,9 @@ def export_rows(store: Store, run_ids: Iterable[str] | None = None) -> list[dict
     run_head = {rid: {"run_id": run[0], "started_at": _iso(run[1]), "finished_at": _iso(run[2]),
                       "run_status": run[3], "matrix": run[4], "tag": run[5], "harness_version": run[6],
                       "git_revision": run[7]} for rid, run in runs.items()}
-    case_keys = {cid: (h, {key: params.get(key) for key in CASE_COLUMNS}) for cid, (h, params) in cases.items()}
+    # A plugin variant's knobs are no columns of their own: they travel as one JSON object.
+    case_keys = {cid: (h, {**{key: params.get(key) for key in CASE_COLUMNS},
+                           KNOBS_COLUMN: extra_keys(params) or None}) for cid, (h, params) in cases.items()}
     rows = []
     for r in result_rows:
         run = runs[r["run_id"]]
@@ -405,15 +408,22 @@ def prepare_import(rows: list[dict[str, Any]], file: str = "<import>") -> Prepar
     canonical: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}  # a file repeats few distinct cases
     for i, row in enumerate(rows):
         get = row.get
-        raw_key = tuple(map(get, CASE_COLUMNS))
+        knobs = get(KNOBS_COLUMN) or {}
+        raw_key = (*map(get, CASE_COLUMNS), *sorted(knobs.items()))
         found = canonical.get(raw_key)
         if found is None:
             raw_case = {k: v for k, v in zip(CASE_COLUMNS, raw_key) if v is not None}
+            raw_case.update(knobs)
             try:
-                case = canonical_case(raw_case)
+                # A plugin's variant and knobs are kept as stored (no plugin is ever loaded for an import);
+                # then the case must be the one its hash names.
+                case = canonical_case(raw_case, unknown_ok=True)
             except CaseKeyError as exc:
                 raise ConfigError(f"{where(i)}: {exc}", file=file, key=exc.key) from None
             found = canonical[raw_key] = (case, case_hash(case))
+            if (knobs or case["variant"] not in VARIANTS) and get("case_hash") not in (None, found[1]):
+                raise ConfigError(f"{where(i)}: column 'case_hash' is {get('case_hash')!r} but the case keys and "
+                                  f"{KNOBS_COLUMN} give {found[1]!r}", file=file, key="case_hash")
         run_id = row["run_id"]
         try:
             if run_id not in runs:

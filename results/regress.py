@@ -4,7 +4,8 @@ A series is (device, case, metric) over runs in time order; runs under an emulat
 own, so an emulated night is never held against real ones, nor the other way round. Latency series carry
 each run's raw samples; energy and accuracy carry one value per run. The statistics are `results.detect` (a
 pure core); this module only loads series, calls it, and says what differed between the runs on both sides
-of a change (harness revision, library versions, fingerprint fields), which is the likely cause.
+of a change (harness revision, library versions, fingerprint fields, the revision of the user's plugin
+whose kernel the series measures), which is the likely cause.
 """
 
 from __future__ import annotations
@@ -156,9 +157,45 @@ def load_series(store: Store, *, devices: Sequence[str] | None = None, metric: s
     return list(out.values())
 
 
-def what_differs(a: SeriesPoint, b: SeriesPoint) -> dict[str, tuple[Any, Any]]:
-    """Fields that changed between two runs: harness revision and version, stable fingerprint fields."""
+def plugin_version(record: Mapping[str, Any] | None) -> str | None:
+    """A plugin record's version in words: 'revision 1a2b3c4d5e6f' (+ ' with uncommitted changes, sha256 ...'),
+    or 'sha256 0123456789ab' outside git."""
+    if not record:
+        return None
+    sha = str(record.get("sha256") or "")[:12]
+    rev = record.get("revision")
+    if isinstance(rev, str) and rev:
+        return f"revision {rev[:12]}" + (f" with uncommitted changes (sha256 {sha})" if record.get("dirty") else "")
+    return f"sha256 {sha}"
+
+
+def plugin_of(fingerprint: Mapping[str, Any] | None, case: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record (in a run's fingerprint) of the plugin whose kernel runs this case, or None."""
+    key = f"{case.get('variant')}/{case.get('precision')}/{case.get('backend')}/{case.get('scope', 'core')}"
+    for rec in (fingerprint or {}).get("plugins") or []:
+        if isinstance(rec, dict) and key in (rec.get("kernels") or []):
+            return rec
+    return None
+
+
+def plugin_change(a: SeriesPoint, b: SeriesPoint, case: Mapping[str, Any]) -> tuple[str, tuple[Any, Any]] | None:
+    """('plugin NAME', (old version, new version)) when the plugin running this case changed between two runs."""
+    ra, rb = plugin_of(a.fingerprint, case), plugin_of(b.fingerprint, case)
+    if not ra and not rb:
+        return None
+    if ra and rb and ra.get("sha256") == rb.get("sha256"):
+        return None
+    name = (rb or ra or {}).get("name") or "?"
+    return f"plugin {name}", (plugin_version(ra), plugin_version(rb))
+
+
+def what_differs(a: SeriesPoint, b: SeriesPoint, case: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """Fields that changed between two runs: harness revision and version, stable fingerprint fields, and
+    (given the series' `case`) the version of the plugin whose kernel runs it."""
     diff: dict[str, tuple[Any, Any]] = {}
+    changed = plugin_change(a, b, case) if case is not None else None
+    if changed:
+        diff[changed[0]] = changed[1]
     if a.git_revision != b.git_revision:
         diff["git_revision"] = (a.git_revision, b.git_revision)
     if a.harness_version != b.harness_version:
@@ -173,6 +210,12 @@ def what_differs(a: SeriesPoint, b: SeriesPoint) -> dict[str, tuple[Any, Any]]:
     return diff
 
 
+def _cause(cause: str | None, differs: Mapping[str, tuple[Any, Any]]) -> str | None:
+    """The likely cause: a plugin's new revision comes first (it is the code the series measures)."""
+    plugins = [f"{k} changed ({a} -> {b})" for k, (a, b) in differs.items() if k.startswith("plugin ")]
+    return "; ".join(plugins + ([cause] if cause else [])) or None
+
+
 def _iso(t: Any) -> str:
     return t.isoformat() if isinstance(t, datetime) else str(t)
 
@@ -181,6 +224,7 @@ def _finding(series: Series, cp: Any, lower_is_better: bool) -> Finding:
     pts = series.points
     before_pt = pts[cp.before_runs[-1]] if cp.before_runs else pts[max(cp.index - 1, 0)]
     after_pt = pts[cp.index]
+    differs = what_differs(before_pt, after_pt, series.case)
     return Finding(
         device=series.device, case=series.case, case_hash=series.case_hash, metric=series.metric,
         run_id=after_pt.run_id, started_at=_iso(after_pt.started_at), before=cp.before.median,
@@ -188,7 +232,7 @@ def _finding(series: Series, cp: Any, lower_is_better: bool) -> Finding:
         after_interval=(cp.after.low, cp.after.high), change_pct=cp.change_pct, direction=cp.direction,
         statistic=cp.statistic, statistic_name=cp.statistic_name, p_value=cp.p_value,
         runs_before=[pts[i].run_id for i in cp.before_runs], runs_after=[pts[i].run_id for i in cp.after_runs],
-        differs=what_differs(before_pt, after_pt), cause=getattr(cp, "cause", None),
+        differs=differs, cause=_cause(getattr(cp, "cause", None), differs),
         emulated=series.emulated)
 
 
@@ -244,6 +288,7 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
             verdict = detect.latest_regression(series.runs(), lower_is_better=lower, min_effect=min_effect,
                                                alpha=alpha)
             if verdict.status in ("regression", "improvement") and verdict.before is not None:
+                differs = what_differs(pts[-2], pts[-1], series.case)
                 findings.append(Finding(
                     device=series.device, case=series.case, case_hash=series.case_hash, metric=metric,
                     run_id=pts[-1].run_id, started_at=_iso(pts[-1].started_at), before=verdict.before.median,
@@ -251,7 +296,7 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                     after_interval=(verdict.after.low, verdict.after.high), change_pct=verdict.change_pct,
                     direction=verdict.status, statistic=verdict.statistic, statistic_name=verdict.statistic_name,
                     p_value=verdict.p_value, runs_before=[pts[i].run_id for i in verdict.history_runs],
-                    runs_after=[pts[-1].run_id], differs=what_differs(pts[-2], pts[-1]), cause=verdict.cause,
+                    runs_after=[pts[-1].run_id], differs=differs, cause=_cause(verdict.cause, differs),
                     emulated=series.emulated))
             elif verdict.status == "insufficient_history" and len(pts) >= 2 and not pts[-1].contended:
                 prev, new = pts[-2], pts[-1]
@@ -260,6 +305,7 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                 found = short_history_change(prev.samples, new.samples, lower_is_better=lower)
                 if found:
                     direction, change_pct, u, p = found
+                    differs = what_differs(prev, new, series.case)
                     findings.append(Finding(
                         device=series.device, case=series.case, case_hash=series.case_hash, metric=metric,
                         run_id=new.run_id, started_at=_iso(new.started_at), before=float(np.median(prev.samples)),
@@ -267,8 +313,8 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                         before_interval=_interval(prev.samples), after_interval=_interval(new.samples),
                         change_pct=change_pct, direction=direction, statistic=u,
                         statistic_name="mann-whitney U (newest vs previous run; short history)", p_value=p,
-                        runs_before=[prev.run_id], runs_after=[new.run_id], differs=what_differs(prev, new),
-                        emulated=series.emulated))
+                        runs_before=[prev.run_id], runs_after=[new.run_id], differs=differs,
+                        cause=_cause(None, differs), emulated=series.emulated))
     return findings
 
 

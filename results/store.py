@@ -131,7 +131,7 @@ def measurement_columns(record: Mapping[str, Any]) -> dict[str, Any]:
                                       "peak_mem_source", "traceback", "thermal", "power", "window_start",
                                       "window_end", "test_slowdown", "contention", "contention_retry",
                                       "contention_wait", "warmup_extended", "warmup_samples_ms",
-                                      "threads_requested", "oversubscribed")
+                                      "threads_requested", "oversubscribed", "plugin", "reference")
                if record.get(k) not in (None, [], {})}
     if acc:
         details["accuracy"] = acc  # NaN kept here (JSON allows it in Python), so a failed accuracy shows
@@ -675,6 +675,17 @@ class Store:
         with self.Session() as s:
             now = self.db_now(s)
         return "abandoned" if controller_alive(run, now) is None else "running"
+
+    def run_plugins(self, run_id: str) -> list[dict[str, Any]]:
+        """The plugins a run recorded in its devices' fingerprints (each once, by sha256): what `--resume`
+        checks the plugins it is given against. Records only: nothing here is ever imported."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.Session() as s:
+            for fp in s.scalars(select(RunDevice.fingerprint).where(RunDevice.run_id == run_id)):
+                for rec in (fp or {}).get("plugins") or [] if isinstance(fp, dict) else []:
+                    if isinstance(rec, dict) and isinstance(rec.get("sha256"), str):
+                        out.setdefault(rec["sha256"], rec)
+        return list(out.values())
 
     def run_device_states(self, run_id: str) -> dict[str, tuple[str, str | None]]:
         """Each device's part in a run: its status and error, in the order the run named them."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from devices.inventory import DEVICE_NAME, DEVICE_NAME_HELP
 from workloads.errors import ConfigError
-from workloads.spec import CASE_COLUMNS
+from workloads.spec import CASE_COLUMNS, KNOBS_COLUMN, NAME_HELP, NAME_RE
 
 STATUSES = ("ok", "failed", "skipped", "timeout")
 RUN_STATUSES = ("running", "complete", "partial", "interrupted", "failed")
@@ -178,6 +178,7 @@ def _json_object(column: str, value: Any, seen: dict[Any, None]) -> None:
 _FLOAT_CHECKS = tuple((c, lo, hi, closed) for c, (lo, hi, closed) in FLOAT_RANGES.items())
 _INT_CHECKS = tuple((c, lo, hi) for c, (lo, hi) in INT_RANGES.items())
 _TEXT_CHECKS = tuple(TEXT_LIMITS.items())
+MAX_KNOBS = 64
 _NUMBER = (int, float)
 _SCALAR = (int, float, str)
 
@@ -220,6 +221,16 @@ def check_row(row: Mapping[str, Any], seen: dict[Any, None] | None = None) -> No
         value = get(column)
         if value is not None and value.__class__ not in _SCALAR:
             raise _RowError(column, f"must be a single value, got {type(value).__name__} {value!r:.60}")
+    knobs = get(KNOBS_COLUMN)
+    if knobs is not None:
+        if knobs.__class__ is not dict or len(knobs) > MAX_KNOBS:
+            raise _RowError(KNOBS_COLUMN, f"must be a JSON object of at most {MAX_KNOBS} knobs")
+        for name, value in knobs.items():
+            if not NAME_RE.fullmatch(name) or name in CASE_COLUMNS:
+                raise _RowError(KNOBS_COLUMN, f"{name!r:.40} is not a plugin knob name ({NAME_HELP}, not a case "
+                                              "column)")
+            if value.__class__ not in (*_SCALAR, bool):
+                raise _RowError(KNOBS_COLUMN, f"knob {name} must be a single value, got {value!r:.60}")
     run_id, device, status = row["run_id"], row["device"], row["status"]
     if not RUN_ID.fullmatch(run_id):
         raise _RowError("run_id", f"{run_id!r:.60} is not a run id (letters, digits, '.', '_', '-'; at most 36)")

@@ -33,6 +33,10 @@ class NotRegisteredError(HarnessError):
     """A (variant, precision, backend, scope) that no kernel implements."""
 
 
+class PluginError(HarnessError):
+    """A user's kernel plugin could not be loaded or registered something it may not (names file and line)."""
+
+
 class StoreError(HarnessError):
     """The results database refused or does not hold what was asked for."""
 

@@ -5,6 +5,12 @@ file (through `workloads.yamlload`: size cap, UTF-8, alias and depth limits, dup
 numbers), keeps line numbers for error messages and validates every key, counts the expansion before
 making it (`max_cases`) and refuses one that comes out empty. PyYAML is imported lazily so the
 device-side bundle, which only needs `MeasureConfig`, does not depend on it.
+
+`plugins: [path, ...]` names users' kernel plugins (paths relative to the matrix file). Their variants and
+knobs must be known before the cases are checked, so `parse_matrix` hands the list to a `PluginHook` (the
+controller's loader) between reading the top level and checking the cases; without a hook nothing is
+loaded. When a plugin failed to load, the hook says so and cases of variants nobody registered are kept
+(as `canonical_case(..., unknown_ok=True)` makes them) to be stored as failed with that plugin's error.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 from .spec import EXTERNAL, CaseKeyError, canonical_case, case_hash, check_key, suggest
 from .yamlload import YAML_MAX_BYTES, load_yaml, read_text
 
-TOP_KEYS = ("name", "defaults", "matrix", "exclude", "include", "measure")
+TOP_KEYS = ("name", "plugins", "defaults", "matrix", "exclude", "include", "measure")
+# Plugins one matrix may name; a path's length.
+MAX_PLUGINS = 64
+MAX_PLUGIN_PATH = 4096
+# Loads the plugins a matrix names: given (path as written, its line), returns whether every plugin (those
+# named elsewhere too) loaded; raises ConfigError for one that cannot even be read.
+PluginHook = Callable[[list[tuple[str, int | None]]], bool]
 # A matrix expanding to more cases than this is refused unless `harness run --max-cases N` raises it.
 DEFAULT_MAX_CASES = 5000
 # Entries of `exclude` and of `include` (each): expansion matches every entry against every case.
@@ -85,7 +97,7 @@ class Sweep:
     cases: tuple[dict[str, Any], ...]
     measure: MeasureConfig
     source: str = ""  # the YAML text, stored with the run so --resume needs no file
-
+    plugins: tuple[str, ...] = ()  # the plugin paths the matrix names, as written
     @property
     def hashes(self) -> tuple[str, ...]:
         return tuple(case_hash(c) for c in self.cases)
@@ -118,12 +130,13 @@ def expand(matrix: Mapping[str, list[Any]], exclude: list[Mapping[str, Any]] | N
     return combos + extra
 
 
-def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = DEFAULT_MAX_CASES) -> Sweep:
+def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = DEFAULT_MAX_CASES,
+                 plugins: PluginHook | None = None) -> Sweep:
     """Validate and expand a matrix document; raise ConfigError naming file, line and key.
 
     `max_cases` bounds the expansion: the product of the matrix lists is counted before anything is
     expanded, so a matrix of a million cases is refused at once (None: no bound, for a run's own stored
-    matrix on --resume)."""
+    matrix on --resume). `plugins` loads the plugins the matrix names before its cases are checked."""
     data, located = load_yaml(text, file)
     if data is None:
         raise ConfigError("the file is empty; see sweeps/quick.yaml for the format", file=file)
@@ -163,6 +176,9 @@ def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = D
                 raise err("each entry must be a mapping such as {precision: int8}", what, i, key=f"{what}[{i}]")
         return value
 
+    declared = _plugin_paths(data.get("plugins"), err, located)
+    all_loaded = plugins(declared) if plugins is not None else True
+    unknown_ok = not all_loaded
     defaults = mapping(data.get("defaults"), "defaults")
     matrix = mapping(data.get("matrix"), "matrix")
     exclude = mapping_list(data.get("exclude"), "exclude")
@@ -174,13 +190,13 @@ def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = D
         if not isinstance(values, list) or not values:
             raise err("a matrix key takes a non-empty list of values, e.g. [128, 512]", "matrix", key, key=key)
         for i, value in enumerate(values):
-            _check_value(key, value, err, ("matrix", key, i))
+            _check_value(key, value, err, ("matrix", key, i), unknown_ok)
     for key, value in defaults.items():
-        _check_value(key, value, err, ("defaults", key))
+        _check_value(key, value, err, ("defaults", key), unknown_ok)
     for what, rules in (("exclude", exclude), ("include", include)):
         for i, rule in enumerate(rules):
             for key, value in rule.items():
-                _check_value(key, value, err, (what, i, key))
+                _check_value(key, value, err, (what, i, key), unknown_ok)
     for i, rule in enumerate(exclude):
         for key in rule:
             if key not in matrix:  # it could never match: a combination holds only matrix keys
@@ -209,7 +225,7 @@ def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = D
     for combo in combos:
         raw = {**defaults, **combo}
         try:
-            case = canonical_case(raw)
+            case = canonical_case(raw, unknown_ok=unknown_ok)
         except CaseKeyError as exc:
             origin = _origin(exc.key, combo, matrix, include, defaults)
             raise err(f"{exc} (in case {_brief(raw)})", *origin, key=exc.key) from None
@@ -217,13 +233,33 @@ def parse_matrix(text: str, file: str = "<matrix>", *, max_cases: int | None = D
         if h not in seen:
             seen.add(h)
             cases.append(case)
-    return Sweep(name=name, cases=tuple(cases), measure=measure, source=text)
+    return Sweep(name=name, cases=tuple(cases), measure=measure, source=text,
+                 plugins=tuple(path for path, _ in declared))
 
 
-def _check_value(key: Any, value: Any, err: Any, path: tuple[Any, ...]) -> None:
+def _plugin_paths(value: Any, err: Any, located: Any) -> list[tuple[str, int | None]]:
+    """The `plugins:` list: paths (text) and the line each is on."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise err("expected a list of paths to plugin files or folders, e.g. [../my_kernels/flash.py]",
+                  "plugins", key="plugins")
+    if len(value) > MAX_PLUGINS:
+        raise err(f"{len(value)} plugins; at most {MAX_PLUGINS}", "plugins", key="plugins")
+    out = []
+    for i, path in enumerate(value):
+        if not isinstance(path, str) or not path.strip() or len(path) > MAX_PLUGIN_PATH \
+                or not path.isprintable():
+            raise err(f"expected the path of a plugin file or folder (printable text), got {path!r:.60}",
+                      "plugins", i, key=f"plugins[{i}]")
+        out.append((path, located.line("plugins", i)))
+    return out
+
+
+def _check_value(key: Any, value: Any, err: Any, path: tuple[Any, ...], unknown_ok: bool = False) -> None:
     """Check one key/value where it was written (the combination is checked again after expansion)."""
     try:
-        check_key(str(key), value)
+        check_key(str(key), value, unknown_ok=unknown_ok)
     except CaseKeyError as exc:
         raise err(str(exc), *path, key=str(key)) from None
     if (key == "variant" and value == EXTERNAL) or key == "name":
@@ -298,28 +334,48 @@ def _measure(raw: Mapping[str, Any], err: Any) -> MeasureConfig:
     return measure
 
 
-def load_matrix(path: str | Path, *, max_cases: int | None = DEFAULT_MAX_CASES) -> Sweep:
+def load_matrix(path: str | Path, *, max_cases: int | None = DEFAULT_MAX_CASES,
+                plugins: PluginHook | None = None) -> Sweep:
     """Read and expand a matrix file; ConfigError if it is missing, too large, not UTF-8 or wrong."""
     text = read_text(str(path), max_bytes=YAML_MAX_BYTES, what="matrix",
                      missing_hint="pass --matrix with a path such as sweeps/quick.yaml")
-    return parse_matrix(text, str(path), max_cases=max_cases)
+    return parse_matrix(text, str(path), max_cases=max_cases, plugins=plugins)
 
 
-def matrix_schema() -> dict[str, Any]:
+def matrix_schema(with_plugins: bool = False) -> dict[str, Any]:
     """The JSON Schema of the matrix format, from the definitions `parse_matrix` checks against (the case
     keys' checks, MEASURE_BOUNDS, TOP_KEYS); published as schemas/matrix.schema.json for editors, and a test
     keeps the two in agreement. What a schema cannot say (a window longer than seq_len, a kernel that
-    does not exist) is left to the loader."""
-    from .spec import CASE_KEYS
+    does not exist) is left to the loader. `with_plugins`: also the variants, backends and knobs of the
+    plugins loaded in this process (`python -m harness.schemas --plugin PATH`)."""
+    from .spec import CASE_KEYS, known_backends, known_variants, plugin_knobs
 
     case_props: dict[str, Any] = {}
     for key, spec in CASE_KEYS.items():
         if key == "name":  # import-only (variant: external): a matrix cannot hold it
             continue
         schema = dict(getattr(spec.check, "schema", {}))
+        if with_plugins and key in ("variant", "backend"):
+            schema["enum"] = list(known_variants() if key == "variant" else known_backends())
         if spec.help:
             schema["description"] = spec.help
         case_props[key] = schema
+    for knob, specs in (plugin_knobs() if with_plugins else {}).items():
+        options = []
+        for variant, knob_spec in specs:
+            kind = type(knob_spec.default)
+            one: dict[str, Any] = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[kind]}
+            if knob_spec.choices:
+                one = {"enum": list(knob_spec.choices)}
+            if kind in (int, float):
+                if knob_spec.minimum is not None:
+                    one["minimum"] = knob_spec.minimum
+                if knob_spec.maximum is not None:
+                    one["maximum"] = knob_spec.maximum
+            options.append(one)
+        case_props[knob] = options[0] if len(options) == 1 else {"anyOf": options}
+        case_props[knob]["description"] = "; ".join(f"{variant}: {spec.help or 'plugin knob'} (default "
+                                                    f"{spec.default!r})" for variant, spec in specs)
     case = {"type": "object", "additionalProperties": False, "properties": case_props}
     lists = {"type": "object", "additionalProperties": False,
              "properties": {k: {"type": "array", "minItems": 1, "items": {k2: v for k2, v in s.items()
@@ -356,6 +412,11 @@ def matrix_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "name": {"type": "string", "maxLength": MAX_NAME_CHARS},
+            "plugins": {"type": "array", "maxItems": MAX_PLUGINS,
+                        "description": "Users' kernel plugins (Python files or packages), relative to this file. "
+                                       "Their variants and knobs are not in this schema: `python -m "
+                                       "harness.schemas --plugin PATH DIR` writes one that knows them.",
+                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_PLUGIN_PATH}},
             "defaults": case,
             "matrix": lists,
             "exclude": rules,
