@@ -176,3 +176,16 @@ def test_int4_group_quantization_error_is_bounded_by_half_a_step() -> None:
     packed, scales = quantize_int4_groups(x, 32)
     err = (dequantize_int4_groups(packed, scales, 32) - x).abs().reshape(4, 16, 2, 32)
     assert torch.all(err <= scales.float().unsqueeze(-1) * 0.5 + 1e-6)
+
+
+def test_interleaved_medians_shuffles_the_order_and_times_every_function_each_round():
+    from kernels.benchtools import interleaved_medians
+
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    med = interleaved_medians(fns, rounds=40)
+    assert set(med) == set("abcd") and all(m >= 0 for m in med.values())
+    assert calls[:4] == list("abcd")  # the warm-up call of each
+    rounds = [tuple(calls[4 + 4 * i: 8 + 4 * i]) for i in range(40)]
+    assert all(sorted(r) == list("abcd") for r in rounds)  # each function once per round
+    assert len(set(rounds)) > 5  # no fixed neighbour: the order changes between rounds
