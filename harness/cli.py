@@ -755,6 +755,16 @@ def _confirmed(store: Any, findings: list[Any], rounds: int, min_effect: float, 
     return kept
 
 
+def _confirm_rounds(value: int) -> int:
+    from results.regress import CONFIRM_MIN_ROUNDS
+
+    if 0 < value < CONFIRM_MIN_ROUNDS:
+        raise click.BadParameter(f"{value} is too few: a confirmation needs at least {CONFIRM_MIN_ROUNDS} rounds "
+                                 "(one process's median can land 20-40% from the next one's on the same code, so "
+                                 "fewer prove nothing); 4 suits most", param_hint="'--confirm'")
+    return value
+
+
 metric_option = click.option("--metric", "metrics", multiple=True, default=("latency_ms",), show_default=True,
                              type=click.Choice(["latency_ms", "energy_mj_per_inf", "cos_sim"]))
 
@@ -768,8 +778,9 @@ metric_option = click.option("--metric", "metrics", multiple=True, default=("lat
 @click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Significance level.")
 @click.option("--confirm", "confirm_rounds", type=click.IntRange(0, 1000), default=0, metavar="ROUNDS",
-              help="Re-measure each suspected regression ROUNDS times, old and new code alternated, and report "
-                   "only those that reproduce.")
+              callback=lambda ctx, param, value: _confirm_rounds(value),
+              help="Re-measure each suspected regression in ROUNDS worker processes per side (at least 3; 4 "
+                   "suits most), old and new code alternated, and report only those that reproduce.")
 @metric_option
 @click.option("--plugin", "plugins", multiple=True, metavar="PATH",
               help="With --confirm: a plugin whose old and new revisions are taken from its own git repository "

@@ -2,9 +2,12 @@
 
 TorchBench learned to alert only after confirming: a suspected regression is re-measured on its device with
 the harness code of the run before the change (the old bundle) and of the run after it (the new bundle),
-alternated A B A B so that drift in the device (heat, background load) hits both alike. The code of each side
-is taken from git at the revision the run recorded. The verdict is the same test the short-history check
-uses (Mann-Whitney on raw samples, and a minimum effect) on the pooled samples of each side.
+alternated A B B A so that drift in the device (heat, background load) and whatever one process leaves to
+the next hit both alike. The code of each side is taken from git at the revision the run recorded. Each
+round is a fresh worker process, and the process is the unit of the verdict (`results.regress.rounds_change`):
+on a small board one process's median lands 20-40% from the next one's on the same code, so thousands of
+samples from two processes prove nothing. A regression is confirmed when every round of the new code is
+slower than every round of the old, by more than rounds of the same code differ among themselves.
 
 When the series measures a user's plugin, each side also gets that plugin at the revision its run recorded,
 taken from the plugin's own git repository: the one the plugin named on the command line (`--plugin PATH`)
@@ -26,14 +29,13 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 
 from devices.inventory import DeviceConfig, Inventory
 from harness.controller import DEFAULT_WAIT_TIMEOUT_S, REPO_ROOT, AgentSession, LocalAgent
 from harness.plugins import Plugin, git_info, read_plugin
 from harness.safe_text import terminal
 from kernels.plugins import PluginSpec
-from results.regress import Finding, short_history_change
+from results.regress import CONFIRM_MIN_ROUNDS, Finding, rounds_change
 from results.validate import GIT_REVISION
 from workloads.errors import HarnessError
 from workloads.matrix import MeasureConfig
@@ -53,6 +55,8 @@ class Confirmation:
     new_samples: list[float] = field(default_factory=list)
     change_pct: float | None = None
     p_value: float | None = None
+    old_round_medians: list[float] = field(default_factory=list)  # one per worker process
+    new_round_medians: list[float] = field(default_factory=list)
 
 
 def checkout(revision: str, dest: Path, repo: Path = REPO_ROOT) -> Path:
@@ -157,7 +161,7 @@ def _starter(device: DeviceConfig, inventory: Inventory) -> Callable[[DeviceConf
 
 
 def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[str, str | None], *,
-            rounds: int = 3, measure: MeasureConfig = CONFIRM_MEASURE, min_effect: float = 0.05,
+            rounds: int = 4, measure: MeasureConfig = CONFIRM_MEASURE, min_effect: float = 0.05,
             repo: Path = REPO_ROOT, plugin_records: dict[tuple[str, str], dict[str, Any] | None] | None = None,
             plugins: Sequence[Plugin] = ()) -> list[Confirmation]:
     """Re-measure each regression finding, old and new code alternated; `revisions` maps run id -> git rev.
@@ -165,6 +169,9 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
     `plugin_records` maps (run id, case hash) to the record of the plugin whose kernel the run measured the
     case with (from the database); such a case is re-measured with that plugin's revision of each side, taken
     from the repository of the matching plugin in `plugins` (named on the command line)."""
+    if rounds < CONFIRM_MIN_ROUNDS:
+        raise HarnessError(f"confirmation needs at least {CONFIRM_MIN_ROUNDS} rounds (worker processes per side): "
+                           "one process's median can land 20-40% from the next one's on the same code")
     plugin_records = plugin_records or {}
     out: list[Confirmation] = []
     with tempfile.TemporaryDirectory(prefix="harness-confirm-") as tmp:
@@ -195,24 +202,29 @@ def confirm(findings: Iterable[Finding], inventory: Inventory, revisions: dict[s
                     plugin_records.get((finding.run_id, finding.case_hash)), plugins, Path(tmp))
                 old_root = checkout(old_rev, Path(tmp) / f"old-{old_rev[:12]}", repo)
                 new_root = checkout(new_rev, Path(tmp) / f"new-{new_rev[:12]}", repo)
-                old: list[float] = []
-                new: list[float] = []
-                for _ in range(rounds):
-                    old += _measure_once(device, old_root, dict(finding.case), measure, start, old_plugin)
-                    new += _measure_once(device, new_root, dict(finding.case), measure, start, new_plugin)
+                sides = {"old": (old_root, old_plugin), "new": (new_root, new_plugin)}
+                measured: dict[str, list[list[float]]] = {"old": [], "new": []}
+                for r in range(rounds):
+                    # A B, then B A: whatever the first process of a pair leaves behind (a warm cache, a
+                    # core still busy tearing it down) falls on both sides alike.
+                    for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
+                        root, plugin = sides[side]
+                        samples = _measure_once(device, root, dict(finding.case), measure, start, plugin)
+                        if len(samples) < 3 or min(samples) <= 0:
+                            raise HarnessError(f"re-measurement of the {side} code returned {len(samples)} usable "
+                                               "samples")
+                        measured[side].append(samples)
             except HarnessError as exc:
                 out.append(Confirmation(finding, None, str(exc)))
                 continue
             old_label, new_label = old_rev[:12] + plugin_note[0], new_rev[:12] + plugin_note[1]
-            found = short_history_change(old, new, min_effect=min_effect)
-            change = float(np.median(new) / np.median(old) - 1) * 100
-            if found and found[0] == "regression":
-                out.append(Confirmation(finding, True, f"old {old_label} vs new {new_label}, {rounds} rounds "
-                                                       f"alternated: {change:+.1f}%, p = {found[3]:.2g}",
-                                        old, new, change, found[3]))
-            else:
-                out.append(Confirmation(finding, False, f"not reproduced: old {old_label} vs new {new_label}, "
-                                                        f"{rounds} rounds alternated: {change:+.1f}%", old, new, change))
+            judged = rounds_change(measured["old"], measured["new"], min_effect=min_effect)
+            old = [x for r in measured["old"] for x in r]
+            new = [x for r in measured["new"] for x in r]
+            said = f"old {old_label} vs new {new_label}, {rounds} rounds alternated: {judged.summary()}"
+            out.append(Confirmation(finding, judged.reproduced, said if judged.reproduced else f"not reproduced: {said}",
+                                    old, new, judged.change_pct, judged.p_value, judged.old_medians,
+                                    judged.new_medians))
     return out
 
 

@@ -255,6 +255,57 @@ def short_history_change(before: Sequence[float], after: Sequence[float], *, low
     return ("regression" if worse else "improvement"), change * 100.0, float(u), float(p)
 
 
+# Re-measurement (`regress --confirm`) judges whole worker processes: one process's median can land 20-40%
+# from the next one's on the same code (memory placement, the core it ran on), so a handful of processes per
+# side is the replication, never the thousands of samples inside them.
+CONFIRM_MIN_ROUNDS = 3
+
+
+@dataclass
+class RoundsChange:
+    """Old code against new code, each measured in several worker processes (rounds)."""
+    change_pct: float  # median of the new rounds' medians against the old rounds'
+    gap_pct: float  # the fastest new round against the slowest old round (negative: the sides overlap)
+    spread_pct: float  # the widest spread between rounds of the same code, on either side
+    p_value: float  # Mann-Whitney on the pooled raw samples (reported; never the verdict on its own)
+    old_medians: list[float]
+    new_medians: list[float]
+    reproduced: bool
+
+    def summary(self) -> str:
+        return (f"{self.change_pct:+.1f}% (rounds' medians old {_ms(self.old_medians)}, new {_ms(self.new_medians)};"
+                f" gap {self.gap_pct:+.1f}% against a spread of {self.spread_pct:.1f}% between rounds of the same "
+                f"code), p = {self.p_value:.2g}")
+
+
+def _ms(medians: Sequence[float]) -> str:
+    return "/".join(f"{m:.4g}" for m in medians) + " ms"
+
+
+def rounds_change(old_rounds: Sequence[Sequence[float]], new_rounds: Sequence[Sequence[float]], *,
+                  min_effect: float = 0.05, alpha: float = SHORT_HISTORY_ALPHA) -> RoundsChange:
+    """Is the new code slower, judged round by round? Reproduced only when every round of the new code is
+    slower than every round of the old one, by more than `min_effect` and by more than rounds of the same
+    code differ among themselves, and the pooled samples agree (Mann-Whitney, p < alpha). With 4 rounds per
+    side, code that did not change passes by chance about 1 time in 1000 (2 in 1000 with this host's
+    measured spread of process medians); with 3, about 1 in 100."""
+    from scipy.stats import mannwhitneyu
+
+    old_med = [float(np.median(r)) for r in old_rounds]
+    new_med = [float(np.median(r)) for r in new_rounds]
+    if len(old_med) < 1 or len(new_med) < 1 or min(old_med + new_med) <= 0:
+        raise ValueError("each side needs at least one round of positive samples")
+    pooled_old = np.concatenate([np.asarray(r, float) for r in old_rounds])
+    pooled_new = np.concatenate([np.asarray(r, float) for r in new_rounds])
+    p = float(mannwhitneyu(pooled_old, pooled_new, alternative="less").pvalue)
+    change = float(np.median(new_med) / np.median(old_med) - 1.0)
+    gap = min(new_med) / max(old_med) - 1.0
+    spread = max(max(old_med) / min(old_med), max(new_med) / min(new_med)) - 1.0
+    reproduced = (len(old_med) >= CONFIRM_MIN_ROUNDS and len(new_med) >= CONFIRM_MIN_ROUNDS
+                  and gap > max(min_effect, spread) and p < alpha)
+    return RoundsChange(change * 100, gap * 100, spread * 100, p, old_med, new_med, reproduced)
+
+
 def history(store: Store, *, devices: Sequence[str] | None = None, metrics: Iterable[str] = ("latency_ms",),
             min_effect: float = 0.05, alpha: float = 0.001, skipped: list[BadValue] | None = None) -> list[Finding]:
     """Every change point in the stored history of every series (bad stored values go to `skipped`)."""

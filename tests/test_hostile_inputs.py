@@ -228,6 +228,8 @@ def test_a_malformed_test_slowdown_variable_is_refused_at_once(tmp_path: Path) -
 @pytest.mark.parametrize("args, words", [
     (["regress", "--min-effect", "-1"], "--min-effect"),
     (["regress", "--alpha", "2"], "--alpha"),
+    (["regress", "--confirm", "2"], "at least 3 rounds"),
+    (["regress", "--confirm", "-1"], "--confirm"),
     (["results", "list", "--limit", "0"], "--limit"),
     (["dashboard", "--port", "0"], "--port"),
     (["results", "import", "x.csv", "--max-size", "lots"], "--max-size"),
@@ -454,7 +456,7 @@ def test_a_git_revision_that_is_an_option_is_harmless_at_regress_confirm(tmp_pat
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE runs SET git_revision = ? WHERE id = ?", (f"--output={victim}", "run000000007"))
     store.engine.dispose()
-    proc, _ = cli("regress", "--confirm", "1", "--db", url, cwd=tmp_path, timeout=300)
+    proc, _ = cli("regress", "--confirm", "3", "--db", url, cwd=tmp_path, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # the regression stays reported, unconfirmed
     assert "Traceback" not in proc.stderr and "not a git object name" in proc.stderr, proc.stderr
     assert victim.read_text() == "precious\n"

@@ -208,13 +208,14 @@ def test_a_nightly_over_two_plugin_revisions_names_the_plugin_change(home: Path,
     assert finding["cause"].startswith(f"plugin chunked.py changed (revision {first[:12]} -> revision {second[:12]})")
 
     # Without the plugin named on the command line, --confirm cannot take its code from anywhere.
-    blind = harness("regress", "--devices", "local", "--confirm", "1")
+    blind = harness("regress", "--devices", "local", "--confirm", "3")
     assert "give it with --plugin PATH" in blind.stderr
     # The plugin's repository now holds a third revision; confirm takes the two the runs recorded from it.
     plugin.write_text(PLUGIN.replace("REPEAT = 1", "REPEAT = 2"))
-    confirmed = harness("regress", "--devices", "local", "--confirm", "1", "--plugin", str(plugin))
+    confirmed = harness("regress", "--devices", "local", "--confirm", "3", "--plugin", str(plugin))
     assert confirmed.returncode == 1, confirmed.stdout + confirmed.stderr
     said = " ".join(confirmed.stderr.split())  # rich wraps stderr
     assert f"confirmed: local {finding['case_hash']}: old " in said, said
+    assert f"not confirmed: local {finding['case_hash']}" not in said, said
     assert f"with plugin chunked.py {first[:12]} vs new" in said
-    assert f"with plugin chunked.py {second[:12]}, 1 rounds" in said
+    assert f"with plugin chunked.py {second[:12]}, 3 rounds" in said
