@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from devices import probe
+from workloads.matrix import MeasureConfig
 from harness.lease import (DeviceLease, Holder, LeaseTimeout, is_agent, pid_alive, read_pid,  # noqa: F401
                            write_pid)
 
@@ -288,6 +289,12 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
     measure_cfg = plan.get("measure", {})
     timeout = float(measure_cfg.get("timeout_s", 120.0))
     try:
+        processes = max(1, int(measure_cfg.get("processes") or 1))
+        per_process = MeasureConfig.from_dict(measure_cfg).for_one_process().to_dict()
+    except (TypeError, ValueError):  # the controller validated the matrix; a plan by hand may not be
+        processes, per_process = 1, measure_cfg
+    extra: list[Worker | None] = [None] * (processes - 1)  # the further processes, each reused across cases
+    try:
         for index, item in enumerate(plan["cases"]):
             case_hash, case = item["hash"], item["case"]
             if case_hash in done:
@@ -324,21 +331,29 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                                    "case_hash": case_hash, "index": index, "status": "failed", "error": str(exc),
                                    "started_at": started, "finished_at": time.time()}, durable=True)
                     continue
-            request = {"case": case, "measure": measure_cfg, "seed": plan.get("seed", 0), "caps": caps,
+            request = {"case": case, "measure": per_process, "seed": plan.get("seed", 0), "caps": caps,
                        "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown"), "workdir": workdir,
                        "plugins": plugin_specs, "plugin": item.get("plugin")}
-            answer = worker.ask(request, timeout)
-            if answer is None:
-                # EOF comes a moment before a killed worker can be reaped: `alive` alone would call it a timeout.
-                if worker.alive and not worker.closed:
-                    worker.kill()
-                    answer = {"status": "timeout",
-                              "error": f"case exceeded measure.timeout_s = {timeout:g} s and was cut off"}
-                else:
-                    answer = {"status": "failed", "error": worker.exit_reason()}
+            answer = _ask(worker, request, timeout, started)
+            if answer.pop("_worker_gone", False):
                 worker = None
-                answer["started_at"] = started
-                answer["finished_at"] = time.time()
+            if answer.get("status") == "ok" and processes > 1:
+                # The same case in further worker processes, one after another, each warmed up afresh.
+                more: list[dict[str, Any]] = []
+                for k in range(processes - 1):
+                    if extra[k] is None or not extra[k].alive:  # type: ignore[union-attr]
+                        try:
+                            extra[k] = Worker(python)
+                        except RuntimeError as exc:
+                            extra[k] = None
+                            more.append({"status": "failed", "error": str(exc)})
+                            continue
+                    further = _ask(extra[k], {**request, "power": None, "timing_only": True}, timeout,  # type: ignore[arg-type]
+                                   time.time())
+                    if further.pop("_worker_gone", False):
+                        extra[k] = None
+                    more.append(further)
+                answer = merge_processes(answer, more)
             record = {"type": "result", "run_id": run_id, "device": plan.get("device"), "case_hash": case_hash,
                       "index": index, **answer}
             if quiet is not None:
@@ -352,8 +367,61 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
         # Before the worker's teardown (a second or more with torch loaded): nothing is left to wait for.
         reporter.emit({"type": "done", "run_id": run_id, "at": time.time()}, durable=reporter.detached)
     finally:
-        if worker is not None:
-            worker.close()
+        for w in (worker, *extra):
+            if w is not None:
+                w.close()
+
+
+def _ask(worker: Worker, request: dict[str, Any], timeout: float, started: float) -> dict[str, Any]:
+    """The worker's answer to one case; a timeout kills the worker. `_worker_gone`: it cannot be asked again."""
+    answer = worker.ask(request, timeout)
+    if answer is not None:
+        return answer
+    # EOF comes a moment before a killed worker can be reaped: `alive` alone would call it a timeout.
+    if worker.alive and not worker.closed:
+        worker.kill()
+        answer = {"status": "timeout", "error": f"case exceeded measure.timeout_s = {timeout:g} s and was cut off"}
+    else:
+        answer = {"status": "failed", "error": worker.exit_reason()}
+    return {**answer, "started_at": started, "finished_at": time.time(), "_worker_gone": True}
+
+
+def merge_processes(first: dict[str, Any], more: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from a case measured in several worker processes (pure): the samples in the order taken,
+    and `processes` saying which came from which, so that a comparison can weigh the spread between
+    processes. Accuracy and energy come from the first process; the worst contention, throttling and peak
+    memory of any. A further process that failed is named in the notes; its samples are not invented."""
+    merged = dict(first)
+    samples = list(first.get("samples_ms") or [])
+    per = [_process_summary(first)]
+    notes = list(first.get("notes") or [])
+    for k, other in enumerate(more, start=2):
+        if other.get("status") != "ok" or not other.get("samples_ms"):
+            notes.append(f"process {k} of {len(more) + 1}: {other.get('status')}: {other.get('error')}; the result "
+                         "holds the other processes' samples")
+            continue
+        samples += list(other["samples_ms"])
+        per.append(_process_summary(other))
+        notes += [f"process {k}: {n}" for n in other.get("notes") or []]
+        for key in ("peak_mem_mb", "cpu_other"):
+            values = [v for v in (merged.get(key), other.get(key)) if isinstance(v, (int, float))]
+            merged[key] = max(values) if values else None
+        merged["contended"] = bool(merged.get("contended")) or bool(other.get("contended"))
+        if (other.get("thermal") or {}).get("throttled") and not (merged.get("thermal") or {}).get("throttled"):
+            merged["thermal"] = {**(merged.get("thermal") or {}), "throttled": True,
+                                 "throttled_in_process": k}
+        merged["calls"] = (merged.get("calls") or 0) + (other.get("calls") or 0)
+        merged["finished_at"] = other.get("finished_at", merged.get("finished_at"))
+    merged["samples_ms"] = samples
+    merged["processes"] = per
+    merged["notes"] = notes
+    return merged
+
+
+def _process_summary(answer: dict[str, Any]) -> dict[str, Any]:
+    return {"n": len(answer.get("samples_ms") or []), "worker_pid": answer.get("worker_pid"),
+            "inner_loops": answer.get("inner_loops"),
+            "cpu_other": answer.get("cpu_other"), "stopped_by": answer.get("stopped_by")}
 
 
 def load_plugins(specs: list[dict[str, Any]], worker: Worker | None, python: str

@@ -7,7 +7,8 @@ kills it. Runs on devices: standard library, numpy, psutil and torch only.
 
 A request: {"case": {...canonical case...}, "measure": {...MeasureConfig...}, "seed": 0,
             "caps": {...}, "power": {...inventory power mapping...} | null, "workdir": str | null,
-            "plugins": [{...kernels.plugins.PluginSpec...}], "plugin": id | null}
+            "plugins": [{...kernels.plugins.PluginSpec...}], "plugin": id | null,
+            "timing_only": bool (a further process of the case: no accuracy)}
 An answer: {"status": "ok" | "failed" | "skipped", "error": str | null, "samples_ms": [...], ...}
 
 Users' plugins (`plugins`) are imported once per worker, before the first case (`kernels.plugins`); a case
@@ -138,6 +139,7 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
     result.update(timing.to_dict())
     result.update({
         "status": "ok",
+        "worker_pid": os.getpid(),
         "threads": threads,
         "torch_device": device,
         "compute": built.compute,
@@ -156,6 +158,10 @@ def run_case(request: Mapping[str, Any]) -> dict[str, Any]:
         "thermal": _thermal_record(thermal_before, _thermal_snapshot(), cooldown),
     })
     del built
+    if request.get("timing_only"):
+        # A further process of a case measured in several (measure.processes): the first one computed the
+        # accuracy; this one adds its timing, memory and contention only.
+        return result
     ref_case, ref_fn = reference_of(case)
     reference = reference_output(ref_case, inputs) if ref_fn is None else plugin_reference(ref_fn, case, inputs)
     result["accuracy"] = accuracy(first, reference)

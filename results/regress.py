@@ -236,10 +236,29 @@ def _finding(series: Series, cp: Any, lower_is_better: bool) -> Finding:
         emulated=series.emulated)
 
 
+def split_processes(samples: Sequence[float], sizes: Sequence[int] | None) -> list[list[float]] | None:
+    """The samples of each worker process a case was measured in (`details.processes` gives the counts, in
+    the order taken), or None when the run measured it in one process or the counts do not fit."""
+    if not sizes or len(sizes) < 2 or any(not isinstance(n, int) or n < 3 for n in sizes) \
+            or sum(sizes) != len(samples):
+        return None
+    out, at = [], 0
+    for n in sizes:
+        out.append(list(samples[at:at + n]))
+        at += n
+    return out
+
+
 def short_history_change(before: Sequence[float], after: Sequence[float], *, lower_is_better: bool = True,
-                         alpha: float = SHORT_HISTORY_ALPHA,
-                         min_effect: float = SHORT_HISTORY_MIN_EFFECT) -> tuple[str, float, float, float] | None:
-    """Newest run against the one before it, on raw samples: (direction, change_pct, U, p) or None."""
+                         alpha: float = SHORT_HISTORY_ALPHA, min_effect: float = SHORT_HISTORY_MIN_EFFECT,
+                         before_sizes: Sequence[int] | None = None, after_sizes: Sequence[int] | None = None
+                         ) -> tuple[str, float, float, float] | None:
+    """Newest run against the one before it, on raw samples: (direction, change_pct, U, p) or None.
+
+    When both runs measured the case in several worker processes (`*_sizes`: samples per process), the
+    change must also clear the spread between processes: every process of one run beyond every process
+    of the other, by more than processes of the same run differ among themselves. One run in one process
+    cannot show that spread, and is judged on its samples alone (a larger minimum effect is all it gets)."""
     from scipy.stats import mannwhitneyu
 
     a, b = np.asarray(before, float), np.asarray(after, float)
@@ -251,6 +270,14 @@ def short_history_change(before: Sequence[float], after: Sequence[float], *, low
     u, p = mannwhitneyu(a, b, alternative="two-sided")
     if p >= alpha:
         return None
+    split_a, split_b = split_processes(before, before_sizes), split_processes(after, after_sizes)
+    if split_a and split_b:
+        med_a = [float(np.median(x)) for x in split_a]
+        med_b = [float(np.median(x)) for x in split_b]
+        spread = max(max(med_a) / min(med_a), max(med_b) / min(med_b)) - 1.0
+        gap = min(med_b) / max(med_a) - 1.0 if change > 0 else min(med_a) / max(med_b) - 1.0
+        if gap <= max(min_effect, spread):
+            return None
     worse = change > 0 if lower_is_better else change < 0
     return ("regression" if worse else "improvement"), change * 100.0, float(u), float(p)
 
@@ -353,9 +380,13 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                 prev, new = pts[-2], pts[-1]
                 if prev.env_key != new.env_key:
                     continue  # not comparable; compare shows why
-                found = short_history_change(prev.samples, new.samples, lower_is_better=lower)
+                sizes = _process_sizes(store, series, (prev.run_id, new.run_id)) if metric == "latency_ms" else {}
+                found = short_history_change(prev.samples, new.samples, lower_is_better=lower,
+                                             before_sizes=sizes.get(prev.run_id), after_sizes=sizes.get(new.run_id))
                 if found:
                     direction, change_pct, u, p = found
+                    by_process = bool(split_processes(prev.samples, sizes.get(prev.run_id))
+                                      and split_processes(new.samples, sizes.get(new.run_id)))
                     differs = what_differs(prev, new, series.case)
                     findings.append(Finding(
                         device=series.device, case=series.case, case_hash=series.case_hash, metric=metric,
@@ -363,10 +394,29 @@ def latest(store: Store, *, devices: Sequence[str] | None = None, metrics: Itera
                         after=float(np.median(new.samples)),
                         before_interval=_interval(prev.samples), after_interval=_interval(new.samples),
                         change_pct=change_pct, direction=direction, statistic=u,
-                        statistic_name="mann-whitney U (newest vs previous run; short history)", p_value=p,
+                        statistic_name="mann-whitney U (newest vs previous run; short history; " + (
+                            "beyond the spread between worker processes)" if by_process else
+                            "one worker process per run: the spread between processes is unknown)"), p_value=p,
                         runs_before=[prev.run_id], runs_after=[new.run_id], differs=differs,
                         cause=_cause(None, differs), emulated=series.emulated))
     return findings
+
+
+def _process_sizes(store: Store, series: Series, run_ids: Sequence[str]) -> dict[str, list[int] | None]:
+    """Samples per worker process (`details.processes`) of a series' measurements in these runs."""
+    out: dict[str, list[int] | None] = {}
+    with store.Session() as s:
+        rows = s.execute(select(Measurement.run_id, Measurement.details)
+                         .join(Device, Device.id == Measurement.device_id)
+                         .join(Case, Case.id == Measurement.case_id)
+                         .where(Device.name == series.device, Case.hash == series.case_hash,
+                                Measurement.run_id.in_(list(run_ids))))
+        for run_id, details in rows:
+            procs = details.get("processes") if isinstance(details, dict) else None
+            sizes = [p.get("n") for p in procs if isinstance(p, dict)] if isinstance(procs, list) else None
+            out[run_id] = sizes if sizes and all(isinstance(n, int) and not isinstance(n, bool) for n in sizes) \
+                else None
+    return out
 
 
 def _interval(samples: Sequence[float]) -> tuple[float, float]:

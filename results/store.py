@@ -131,7 +131,7 @@ def measurement_columns(record: Mapping[str, Any]) -> dict[str, Any]:
                                       "peak_mem_source", "traceback", "thermal", "power", "window_start",
                                       "window_end", "test_slowdown", "contention", "contention_retry",
                                       "contention_wait", "warmup_extended", "warmup_samples_ms",
-                                      "threads_requested", "oversubscribed", "plugin", "reference")
+                                      "threads_requested", "oversubscribed", "plugin", "reference", "processes")
                if record.get(k) not in (None, [], {})}
     if acc:
         details["accuracy"] = acc  # NaN kept here (JSON allows it in Python), so a failed accuracy shows

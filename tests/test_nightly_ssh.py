@@ -16,7 +16,8 @@ defaults: {heads: 2, head_dim: 16, threads: 1}
 matrix:
   precision: [fp32, bf16]
   seq_len: [64]
-measure: {warmup_s: 0.05, min_time_s: 0.3, min_samples: 15, max_time_s: 5, timeout_s: 60, max_cpu_other: 1.0}
+measure: {warmup_s: 0.05, min_time_s: 0.3, min_samples: 15, max_time_s: 5, timeout_s: 60, max_cpu_other: 1.0,
+          processes: 3}
 """
 
 
@@ -41,11 +42,8 @@ def test_nightly_over_ssh_exits_1_and_names_the_slowed_cases(ssh_env: Env) -> No
     regressions = (ssh_env.tmp / "n2.md").read_text().split("## Improvements")[0]
     for device in ("pi", "jetson"):
         assert f"| {device} | dense fp32 torch L=64 heads=2 head_dim=16 threads=1 |" in regressions
-    # The unplanted bf16 case is never slowed on purpose, but with one night of history the detector compares
-    # one worker process's samples with another's (Mann-Whitney, 10% minimum effect), and over SSH here the
-    # same ~30 us case lands up to 40% apart from one process to the next with nothing else running
-    # (cpu_other 1-4%, serialized by the lease). So it may be listed; never with a change near the planted 4x.
-    for row in regressions.splitlines():
-        if "| dense bf16 " in row:
-            change = float(row.split("|")[6].strip().rstrip("%"))
-            assert change < 100.0, row
+    # The unplanted bf16 case is never slowed on purpose. With one night of history, only each night's three
+    # worker processes show how far the same code lands from one process to the next (over SSH here up to
+    # 40% for this ~30 us case, with nothing else running): a change inside that spread is no regression.
+    assert "| dense bf16 " not in regressions, regressions
+    assert "beyond the spread between worker processes" in regressions, regressions

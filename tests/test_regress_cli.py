@@ -72,7 +72,7 @@ def test_nightly_twice_with_a_planted_slowdown_exits_1_and_names_the_slowed_case
     # night would be flagged contended, and regress rightly judges no contended night.
     matrix = write_matrix(home / "nightly.yaml", "defaults: {threads: 1}\nmatrix:\n  precision: [fp32, bf16]\n  seq_len: [64]\n",
                           "measure: {warmup_s: 0.05, min_time_s: 0.3, min_samples: 15, max_time_s: 5, timeout_s: 60, "
-                          "max_cpu_other: 1.0}")
+                          "max_cpu_other: 1.0, processes: 3}")
     first = harness("nightly", "--devices", "local", "--matrix", str(matrix), "--db", db_url,
                     "--report", str(tmp_path / "n1.md"))
     assert first.returncode == 0, first.stdout + first.stderr
@@ -81,3 +81,5 @@ def test_nightly_twice_with_a_planted_slowdown_exits_1_and_names_the_slowed_case
     assert second.returncode == 1, second.stdout + second.stderr
     report = (tmp_path / "n2.md").read_text()
     assert "dense fp32 torch L=64" in report and "dense bf16" not in report.split("## Improvements")[0]
+    # Judged beyond the spread between the three worker processes each night measured the case in.
+    assert "beyond the spread between worker processes" in report.split("## Improvements")[0], report

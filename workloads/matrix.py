@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -63,6 +63,19 @@ class MeasureConfig:
     contention_wait_s: float = 60.0
     # `threads` above the device's CPUs is skipped unless this is set (then it runs, with a warning).
     allow_oversubscribe: bool = False
+    # Worker processes each case is measured in, one after another, min_time_s and min_samples shared out
+    # among them (pyperf's habit): one process's median can land 20-40% from the next one's on the same
+    # code, and only a run measured in several can tell that spread from a change against the run before.
+    processes: int = 1
+
+    def for_one_process(self) -> "MeasureConfig":
+        """The settings each of `processes` worker processes measures a case under: the time and samples shared
+        out, the warm-up whole (every process warms up)."""
+        if self.processes <= 1:
+            return self
+        n = self.processes
+        return replace(self, min_time_s=self.min_time_s / n, max_time_s=self.max_time_s / n,
+                       min_samples=max(3, math.ceil(self.min_samples / n)), processes=1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +93,7 @@ MEASURE_BOUNDS: dict[str, tuple[float, float]] = {
     "max_time_s": (0.0, _WEEK_S), "timeout_s": (0.0, _WEEK_S), "min_sample_s": (1e-6, 60.0),
     "cooldown_c": (1.0, 150.0), "cooldown_max_s": (0.0, 86400.0), "idle_s": (0.0, 3600.0),
     # Contention settings (where MeasureConfig has them): a fraction of the CPUs, and seconds.
-    "max_cpu_other": (0.0, 1.0), "contention_wait_s": (0.0, _WEEK_S),
+    "max_cpu_other": (0.0, 1.0), "contention_wait_s": (0.0, _WEEK_S), "processes": (1, 64),
 }
 ON_CONTENTION = ("flag", "wait", "retry")
 # Text measure keys and their allowed values (for the JSON Schema; the loader checks them itself).
