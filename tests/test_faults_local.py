@@ -79,3 +79,27 @@ def test_ctrl_c_keeps_stored_results_and_resume_stores_every_case_exactly_once(h
     assert len(rows) == 4 and len({r["case_hash"] for r in rows}) == 4
     assert all(r["status"] == "ok" for r in rows)
     assert store.list_runs()[0]["status"] == "complete"
+
+
+def test_a_further_worker_process_killed_leaves_the_case_its_other_samples_and_a_note(home, db_url):
+    # measure.processes 2: every case is measured in the first worker, then in a second one. The second is
+    # killed while it measures the second case; that case keeps the first process's samples and says what
+    # happened, and the next case gets a fresh second process.
+    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32, 48, 64]\n",
+                          SLOW_MEASURE.replace("timeout_s: 60}", "timeout_s: 60, processes: 2}"))
+    proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
+    wait_for(lambda: stored_count(db_url) >= 1)
+    workers = sorted(_workers_of(proc.pid), key=lambda p: p.create_time())
+    assert len(workers) == 2
+    # The second process sleeps on its input between cases: CPU time it uses is the second case measuring.
+    idle_cpu = sum(workers[1].cpu_times()[:2])
+    wait_for(lambda: sum(workers[1].cpu_times()[:2]) > idle_cpu + 0.1)
+    workers[1].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = sorted(export_rows(Store(db_url)), key=lambda r: r["seq_len"])
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    sizes = [[p["n"] for p in r["details"]["processes"]] for r in rows]
+    assert [len(s) for s in sizes] == [2, 1, 2]
+    assert all(sum(s) == r["n_samples"] == len(r["samples_ms"]) for s, r in zip(sizes, rows))
+    assert any("process 2 of 2: failed: worker killed by signal 9 (SIGKILL)" in n for n in rows[1]["details"]["notes"])

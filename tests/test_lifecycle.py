@@ -70,10 +70,13 @@ def _gone(home: Path, timeout: float = 10.0) -> list[tuple[int, str]]:
     return harness_processes(home)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize("sig, code, processes", [(signal.SIGTERM, 143, 1), (signal.SIGHUP, 129, 1),
+                                                   (signal.SIGTERM, 143, 2)])
 def test_a_stop_signal_mid_sweep_interrupts_the_run_stops_the_agent_and_resume_stores_each_case_once(
-        home, db_url, sig, code):
-    matrix = write_matrix(home / "m.yaml", FOUR_CASES, SLOW_MEASURE)
+        home, db_url, sig, code, processes):
+    # processes 2: each case measured in two worker processes; neither may outlive the stop.
+    matrix = write_matrix(home / "m.yaml", FOUR_CASES,
+                          SLOW_MEASURE.replace("timeout_s: 60}", f"timeout_s: 60, processes: {processes}}}"))
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
     wait_for(lambda: stored_count(db_url) >= 1)
     proc.send_signal(sig)
@@ -96,6 +99,8 @@ def test_a_stop_signal_mid_sweep_interrupts_the_run_stops_the_agent_and_resume_s
     assert len(rows) == 4 and len({r["case_hash"] for r in rows}) == 4
     assert all(r["status"] == "ok" for r in rows)
     assert store.list_runs()[0]["status"] == "complete"
+    if processes > 1:
+        assert all(len(r["details"]["processes"]) == processes for r in rows)
 
 
 def test_timeout_the_command_ends_the_run_interrupted(home, db_url):
