@@ -42,11 +42,18 @@ WRITER = textwrap.dedent("""
         half = period / 2
         return full * half * (base_w + high_w) + min(rest, half) * base_w + max(0.0, rest - half) * high_w
     tmp = path + ".tmp"
+    last, widest = None, 0.0
     while not os.path.exists(path + ".stop"):
-        uj = int(energy_j(time.perf_counter()) * 1e6)
+        now = time.perf_counter()
+        uj = int(energy_j(now) * 1e6)
         with open(tmp, "w") as fh:
             fh.write(str(uj))
         os.replace(tmp, path)
+        if last is not None and now - last > widest:
+            widest = now - last
+            with open(path + ".gap", "w") as fh:  # how stale a reading of the fake counter can have been
+                fh.write(repr(widest))
+        last = now
         time.sleep(0.001)
 """)
 
@@ -115,8 +122,15 @@ def test_stepped_power_counts_only_the_in_window_part(home, db_url, fake_rapl):
     d = row["details"]
     truth_j = truth_energy_j(d["window_start"], d["window_end"], 4.0, 40.0, 0.37)
     window_s = d["window_end"] - d["window_start"]
-    assert row["power_w_avg"] == pytest.approx(truth_j / window_s, rel=0.02)
-    assert row["energy_mj_per_inf"] == pytest.approx(truth_j * 1e3 / d["calls"], rel=0.02)
+    # The fake counter is a file a process rewrites every millisecond; on a loaded machine that process can
+    # be descheduled, and a reading at a window edge is then stale by the gap: at most (40 - 4) W x gap at
+    # each edge that differs in power. That much is the fake's, not the reader's, and is allowed on top of 2%.
+    gap_file = root / "sys/class/powercap/intel-rapl:0/energy_uj.gap"
+    gap_s = float(gap_file.read_text()) if gap_file.exists() else 0.0
+    rel = 0.02 + 2 * (40.0 - 4.0) * gap_s / truth_j
+    assert rel < 0.2, f"the fake counter's writer stalled for {gap_s * 1e3:.0f} ms: this run proves nothing"
+    assert row["power_w_avg"] == pytest.approx(truth_j / window_s, rel=rel)
+    assert row["energy_mj_per_inf"] == pytest.approx(truth_j * 1e3 / d["calls"], rel=rel)
 
 
 def test_no_sensor_leaves_energy_empty_never_zero(home, db_url):
