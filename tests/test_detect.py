@@ -239,6 +239,19 @@ def test_latest_calls_a_bimodal_newest_night_unstable_not_a_regression() -> None
     assert latest_regression(runs).status == "unstable"
 
 
+def test_latest_calls_a_slower_night_that_is_narrower_than_its_history_a_regression() -> None:
+    # A kernel slowed by doing its work four times per call averages its own jitter: 4x slower, half the
+    # relative spread. Narrower is no sign of an unstable device (the two-sided shape test said "unstable").
+    runs = nightly(27, 8, cv=0.05, samples=200)  # a few hundred samples a night, as a real ~50 us case gives
+    rng = np.random.default_rng(1)
+    runs[7] = list(40.0 * np.exp(rng.normal(0.0, 0.02, len(runs[7]))))  # level 10, 4x
+    verdict = latest_regression(runs)
+    assert verdict.status == "regression", verdict.reason
+    # The same slowdown with a second mode in it is still unstable.
+    runs[7] = [v * (1.3 if rng.random() < 0.5 else 1.0) for v in runs[7]]
+    assert latest_regression(runs).status == "unstable"
+
+
 def test_latest_does_not_judge_a_night_the_device_reported_throttled() -> None:
     raw = nightly(25, 31, steps={30: 1.3})
     runs = [Run(samples=s, throttled=(i == 30)) for i, s in enumerate(raw)]
