@@ -341,6 +341,9 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                 # The same case in further worker processes, one after another, each warmed up afresh.
                 more: list[dict[str, Any]] = []
                 for k in range(processes - 1):
+                    # Heard by the controller as a sign of life: its silence limit is one process's timeout.
+                    reporter.emit({"type": "process", "run_id": run_id, "case_hash": case_hash, "index": index,
+                                   "process": k + 2, "of": processes})
                     if extra[k] is None or not extra[k].alive:  # type: ignore[union-attr]
                         try:
                             extra[k] = Worker(python)

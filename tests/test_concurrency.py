@@ -208,7 +208,7 @@ def test_resume_is_allowed_when_the_controller_on_this_host_died(any_db_url):
 
 def test_resume_of_a_run_a_live_controller_on_this_host_is_running_is_refused(home, any_db_url):
     # One quick case, then one that takes a while: the controller is alive and mid-run when we resume.
-    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 3000}\n",
+    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 30000}\n",
                           "measure: {warmup_s: 0.02, min_time_s: 0.05, min_samples: 3, max_time_s: 60, timeout_s: 90}")
     proc = _spawn(HARNESS + ["run", "--devices", "local", "--matrix", str(matrix), "--db", any_db_url])
     try:

@@ -45,8 +45,8 @@ def test_worker_killed_mid_case_fails_that_case_and_the_sweep_goes_on(home, db_u
 
 
 def test_a_case_past_its_timeout_is_cut_off_and_recorded(home, db_url):
-    # slowdown multiplies the work 20000-fold: far past a 2 s timeout.
-    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 20000}\n",
+    # slowdown multiplies the work a million-fold: seconds per call on any CPU, far past a 2 s timeout.
+    matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 1000000}\n",
                           "measure: {warmup_s: 0.05, min_time_s: 0.1, min_samples: 3, max_time_s: 2, timeout_s: 2}")
     t0 = time.monotonic()
     proc = harness("run", "--devices", "local", "--matrix", str(matrix), "--db", db_url)

@@ -13,7 +13,7 @@ import pytest
 from devices.inventory import load_inventory
 from harness.agent import merge_processes
 from harness.controller import run_sweep
-from results.regress import latest, short_history_change, split_processes
+from results.regress import _process_sizes, latest, load_series, short_history_change, split_processes
 from results.store import Store, unpack_samples
 from workloads.matrix import MeasureConfig, parse_matrix
 from workloads.errors import ConfigError
@@ -122,8 +122,13 @@ def test_a_run_measures_each_case_in_as_many_worker_processes_and_stores_which_s
         pids |= {p["worker_pid"] for p in procs}
         assert cos > 0.99
     assert len(pids) == 3  # each further process is reused across cases, as the first one is
-    # The short-history check reads the split back.
+    # The short-history check reads the split back for both runs of each series.
     second = run_sweep(load_inventory(), store, devices=["local"], matrix_path=str(matrix))
     assert second.status == "complete"
+    for series in load_series(store):
+        runs = [pt.run_id for pt in series.points]
+        sizes = _process_sizes(store, series, runs)
+        assert set(runs) == {outcome.run_id, second.run_id} and all(len(sizes[r]) == 3 for r in runs), sizes
+        assert all(split_processes(pt.samples, sizes[pt.run_id]) for pt in series.points)
     for f in latest(store):
         assert "beyond the spread between worker processes" in f.statistic_name, f

@@ -101,7 +101,7 @@ def test_the_resume_hint_after_ctrl_c_works_when_pasted(tmp_path: Path) -> None:
 def test_the_nightly_report_lists_timed_out_and_skipped_cases_and_json_says_so(tmp_path: Path) -> None:
     """Every case without a result is in the report (and in --format json), not only on stdout."""
     matrix = write_matrix(tmp_path / "n.yaml", "defaults: {heads: 2, head_dim: 16, threads: 1}\nmatrix:\n"
-                                               "  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 20000}\n"
+                                               "  seq_len: [32]\ninclude:\n  - {seq_len: 64, slowdown: 1000000}\n"
                                                "  - {seq_len: 32, precision: int4, group_size: 6}\n",
                           "measure: {warmup_s: 0.05, min_time_s: 0.1, min_samples: 3, max_time_s: 2, timeout_s: 2}")
     report = tmp_path / "night.md"
