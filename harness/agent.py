@@ -293,7 +293,39 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
         per_process = MeasureConfig.from_dict(measure_cfg).for_one_process().to_dict()
     except (TypeError, ValueError):  # the controller validated the matrix; a plan by hand may not be
         processes, per_process = 1, measure_cfg
-    extra: list[Worker | None] = [None] * (processes - 1)  # the further processes, each reused across cases
+    # measure.processes > 1: every case is measured once per pass, each pass in a fresh worker process, so the
+    # processes of one case are spread over the whole run and a few seconds of disturbance (a noisy neighbour
+    # on the host) fall on one of them, not on all. Each pass's answer is journaled (`partial`) and a resumed
+    # run measures no pass twice; the result comes with the last pass.
+    partial = journaled_partials(reporter.journal, run_id) if processes > 1 else {}
+    pending: list[tuple[int, dict[str, Any], float | None]] = []  # (index, item, contention wait) in plan order
+
+    def finish(index: int, item: dict[str, Any], answer: dict[str, Any], quiet: Any) -> None:
+        case = item["case"]
+        record = {"type": "result", "run_id": run_id, "device": plan.get("device"), "case_hash": item["hash"],
+                  "index": index, **answer}
+        if quiet is not None:
+            record["contention_wait"] = quiet
+        if case.get("threads") and int(case["threads"]) > usable_cpus():
+            record["oversubscribed"] = {"threads": case["threads"], "cpus": usable_cpus()}
+            record["notes"] = [*(record.get("notes") or []),
+                               f"threads {case['threads']} oversubscribes the {usable_cpus()} CPU(s) "
+                               "(measure.allow_oversubscribe): its threads share CPUs"]
+        reporter.emit(record, durable=True)
+
+    def wait_quiet() -> Any:
+        if measure_cfg.get("on_contention") != "wait":
+            return None
+        from devices.contention import wait_for_quiet
+
+        return wait_for_quiet(float(measure_cfg.get("max_cpu_other", 0.10)),
+                              float(measure_cfg.get("contention_wait_s", 60.0)))
+
+    def request_for(item: dict[str, Any]) -> dict[str, Any]:
+        return {"case": item["case"], "measure": per_process, "seed": plan.get("seed", 0), "caps": caps,
+                "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown"), "workdir": workdir,
+                "plugins": plugin_specs, "plugin": item.get("plugin")}
+
     try:
         for index, item in enumerate(plan["cases"]):
             case_hash, case = item["hash"], item["case"]
@@ -301,13 +333,12 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                 record = dict(done[case_hash], replayed=True)
                 reporter.emit(record)
                 continue
-            quiet = None
-            if measure_cfg.get("on_contention") == "wait":
-                from devices.contention import wait_for_quiet
-
-                quiet = wait_for_quiet(float(measure_cfg.get("max_cpu_other", 0.10)),
-                                       float(measure_cfg.get("contention_wait_s", 60.0)))
-            reporter.emit({"type": "start", "run_id": run_id, "case_hash": case_hash, "index": index})
+            if partial.get(case_hash):  # its first pass is journaled: measured, not to be measured again
+                pending.append((index, item, None))
+                continue
+            quiet = wait_quiet()
+            reporter.emit({"type": "start", "run_id": run_id, "case_hash": case_hash, "index": index,
+                           **({"pass": 1, "of": processes} if processes > 1 else {})})
             started = time.time()
             planned_error = item.get("error") or plugin_errors.get(item.get("plugin") or "")
             if planned_error:
@@ -331,48 +362,76 @@ def run_plan(plan: dict[str, Any], reporter: Reporter, python: str = sys.executa
                                    "case_hash": case_hash, "index": index, "status": "failed", "error": str(exc),
                                    "started_at": started, "finished_at": time.time()}, durable=True)
                     continue
-            request = {"case": case, "measure": per_process, "seed": plan.get("seed", 0), "caps": caps,
-                       "power": plan.get("power"), "test_slowdown": plan.get("test_slowdown"), "workdir": workdir,
-                       "plugins": plugin_specs, "plugin": item.get("plugin")}
-            answer = _ask(worker, request, timeout, started)
+            answer = _ask(worker, request_for(item), timeout, started)
             if answer.pop("_worker_gone", False):
                 worker = None
             if answer.get("status") == "ok" and processes > 1:
-                # The same case in further worker processes, one after another, each warmed up afresh.
-                more: list[dict[str, Any]] = []
-                for k in range(processes - 1):
-                    # Heard by the controller as a sign of life: its silence limit is one process's timeout.
-                    reporter.emit({"type": "process", "run_id": run_id, "case_hash": case_hash, "index": index,
-                                   "process": k + 2, "of": processes})
-                    if extra[k] is None or not extra[k].alive:  # type: ignore[union-attr]
+                partial[case_hash] = [answer]
+                pending.append((index, item, quiet))
+                reporter.emit({"type": "partial", "run_id": run_id, "case_hash": case_hash, "index": index,
+                               "pass": 1, "answer": answer}, durable=True)
+                continue
+            finish(index, item, answer, quiet)
+        for pass_no in range(2, processes + 1):
+            # A fresh worker process for each pass, reused across its cases (one torch import per pass).
+            if worker is not None:
+                worker.close()
+                worker = None
+            for index, item, quiet in pending:
+                case_hash = item["hash"]
+                answers = partial[case_hash]
+                if len(answers) < pass_no:
+                    reporter.emit({"type": "start", "run_id": run_id, "case_hash": case_hash, "index": index,
+                                   "pass": pass_no, "of": processes})
+                    started = time.time()
+                    wait_quiet()
+                    if worker is None or not worker.alive:
                         try:
-                            extra[k] = Worker(python)
+                            worker = Worker(python)
                         except RuntimeError as exc:
-                            extra[k] = None
-                            more.append({"status": "failed", "error": str(exc)})
-                            continue
-                    further = _ask(extra[k], {**request, "power": None, "timing_only": True}, timeout,  # type: ignore[arg-type]
-                                   time.time())
-                    if further.pop("_worker_gone", False):
-                        extra[k] = None
-                    more.append(further)
-                answer = merge_processes(answer, more)
-            record = {"type": "result", "run_id": run_id, "device": plan.get("device"), "case_hash": case_hash,
-                      "index": index, **answer}
-            if quiet is not None:
-                record["contention_wait"] = quiet
-            if case.get("threads") and int(case["threads"]) > usable_cpus():
-                record["oversubscribed"] = {"threads": case["threads"], "cpus": usable_cpus()}
-                record["notes"] = [*(record.get("notes") or []),
-                                   f"threads {case['threads']} oversubscribes the {usable_cpus()} CPU(s) "
-                                   "(measure.allow_oversubscribe): its threads share CPUs"]
-            reporter.emit(record, durable=True)
+                            worker = None
+                            further = {"status": "failed", "error": str(exc)}
+                    if worker is not None:
+                        further = _ask(worker, {**request_for(item), "power": None, "timing_only": True}, timeout,
+                                       started)
+                        if further.pop("_worker_gone", False):
+                            worker = None
+                    answers.append(further)
+                    if pass_no < processes:
+                        reporter.emit({"type": "partial", "run_id": run_id, "case_hash": case_hash, "index": index,
+                                       "pass": pass_no, "answer": further}, durable=True)
+                        continue
+                if pass_no == processes:
+                    finish(index, item, merge_processes(answers[0], answers[1:processes]), quiet)
         # Before the worker's teardown (a second or more with torch loaded): nothing is left to wait for.
         reporter.emit({"type": "done", "run_id": run_id, "at": time.time()}, durable=reporter.detached)
     finally:
-        for w in (worker, *extra):
-            if w is not None:
-                w.close()
+        if worker is not None:
+            worker.close()
+
+
+def journaled_partials(journal: Path | None, run_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The answers of the passes already journaled for this run (measure.processes > 1), by case hash, in
+    pass order; a case's passes after a gap (a torn line) are left to be measured again."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    if not journal or not journal.exists():
+        return {}
+    for line in journal.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") == "partial" and record.get("run_id") == run_id and \
+                isinstance(record.get("answer"), dict) and isinstance(record.get("pass"), int):
+            found.setdefault(record["case_hash"], {})[record["pass"]] = record["answer"]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for case_hash, by_pass in found.items():
+        answers = []
+        while len(answers) + 1 in by_pass:
+            answers.append(by_pass[len(answers) + 1])
+        if answers:
+            out[case_hash] = answers
+    return out
 
 
 def _ask(worker: Worker, request: dict[str, Any], timeout: float, started: float) -> dict[str, Any]:

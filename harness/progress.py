@@ -54,7 +54,10 @@ class ProgressView:
                 self.tasks[name] = self.progress.add_task("", total=total, device=name, status="starting")
         elif kind == "start" and device in self.tasks:
             case = payload.get("case")
-            self.progress.update(self.tasks[device], status=_e(case_label(case)) if case else "")
+            label = _e(case_label(case)) if case else ""
+            if payload.get("of"):  # measure.processes: one pass over the cases per worker process
+                label += f" (pass {payload.get('pass')}/{payload.get('of')})"
+            self.progress.update(self.tasks[device], status=label)
         elif kind == "result" and device in self.tasks:
             self.progress.advance(self.tasks[device])
             notes = payload.get("notes") or []

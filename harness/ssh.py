@@ -693,6 +693,9 @@ class SSHAgentSession:
             known = record.get("case_hash") in self.plan_hashes
             self.in_progress = record.get("case_hash") if known else None
             self.in_progress_since = time.time()
+        elif kind == "partial":  # one pass of a case measured in several processes, journaled by the agent
+            if record.get("case_hash") == self.in_progress:
+                self.in_progress = None
         elif kind == "result":
             h = record.get("case_hash")
             if h == self.in_progress:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -23,9 +24,15 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(HARNESS + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone, or a zombie not yet reaped
+        return ""
+
+
 def _workers_of(pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pid).children(recursive=True)
-            if "harness.worker" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process(pid).children(recursive=True) if "harness.worker" in _cmdline(p)]
 
 
 def test_worker_killed_mid_case_fails_that_case_and_the_sweep_goes_on(home, db_url):
@@ -82,24 +89,39 @@ def test_ctrl_c_keeps_stored_results_and_resume_stores_every_case_exactly_once(h
 
 
 def test_a_further_worker_process_killed_leaves_the_case_its_other_samples_and_a_note(home, db_url):
-    # measure.processes 2: every case is measured in the first worker, then in a second one. The second is
-    # killed while it measures the second case; that case keeps the first process's samples and says what
-    # happened, and the next case gets a fresh second process.
+    # measure.processes 2: every case is measured in one pass by a first worker, then in a second pass by a
+    # fresh one. The second pass's worker is killed as soon as it shows up (while it starts or measures); the
+    # case it was on keeps its first-pass samples and says what happened, and the rest of the pass gets
+    # another fresh worker.
     matrix = write_matrix(home / "m.yaml", "matrix:\n  seq_len: [32, 48, 64]\n",
                           SLOW_MEASURE.replace("timeout_s: 60}", "timeout_s: 60, processes: 2}"))
     proc = _start(["run", "--devices", "local", "--matrix", str(matrix), "--db", db_url])
-    wait_for(lambda: stored_count(db_url) >= 1)
-    workers = sorted(_workers_of(proc.pid), key=lambda p: p.create_time())
-    assert len(workers) == 2
-    # The second process sleeps on its input between cases: CPU time it uses is the second case measuring.
-    idle_cpu = sum(workers[1].cpu_times()[:2])
-    wait_for(lambda: sum(workers[1].cpu_times()[:2]) > idle_cpu + 0.1)
-    workers[1].send_signal(signal.SIGKILL)
+    agents: list[psutil.Process] = []
+    wait_for(lambda: bool(agents.extend(p for p in psutil.Process(proc.pid).children(recursive=True)
+                                        if "harness.agent" in _cmdline(p)) or agents))
+    cmdline = agents[0].cmdline()
+    journal = Path(cmdline[cmdline.index("--journal") + 1])
+
+    def first_pass_done() -> bool:
+        lines = journal.read_text().splitlines() if journal.exists() else []
+        return sum('"type": "partial"' in line and '"pass": 1,' in line for line in lines) == 3
+
+    wait_for(first_pass_done)
+    first = {w.pid for w in _workers_of(proc.pid)}  # the first pass's worker, until the agent closes it
+    second: list[psutil.Process] = []
+    wait_for(lambda: bool(second.extend(w for w in _workers_of(proc.pid) if w.pid not in first) or second),
+             poll=0.01)
+    second[0].send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rows = sorted(export_rows(Store(db_url)), key=lambda r: r["seq_len"])
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     sizes = [[p["n"] for p in r["details"]["processes"]] for r in rows]
-    assert [len(s) for s in sizes] == [2, 1, 2]
+    assert sorted(len(s) for s in sizes) == [1, 2, 2], sizes
     assert all(sum(s) == r["n_samples"] == len(r["samples_ms"]) for s, r in zip(sizes, rows))
-    assert any("process 2 of 2: failed: worker killed by signal 9 (SIGKILL)" in n for n in rows[1]["details"]["notes"])
+    [hit] = [r for r in rows if len(r["details"]["processes"]) == 1]
+    said = " ".join(hit["details"]["notes"])
+    assert "process 2 of 2: failed: " in said and "signal 9 (SIGKILL)" in said, said
+    # Each pass ran in its own process: one pid for the first pass on every row, the killed one on none.
+    assert len({r["details"]["processes"][0]["worker_pid"] for r in rows}) == 1
+    assert all(second[0].pid not in [p["worker_pid"] for p in r["details"]["processes"]] for r in rows)

@@ -101,6 +101,9 @@ def test_a_stop_signal_mid_sweep_interrupts_the_run_stops_the_agent_and_resume_s
     assert store.list_runs()[0]["status"] == "complete"
     if processes > 1:
         assert all(len(r["details"]["processes"]) == processes for r in rows)
+        # The stop came in the second pass (a result is stored only when a case's last pass is done): every
+        # first pass came from the journal of the stopped agent's first worker, none was measured again.
+        assert len({r["details"]["processes"][0]["worker_pid"] for r in rows}) == 1, rows
 
 
 def test_timeout_the_command_ends_the_run_interrupted(home, db_url):

@@ -132,3 +132,19 @@ def test_a_run_measures_each_case_in_as_many_worker_processes_and_stores_which_s
         assert all(split_processes(pt.samples, sizes[pt.run_id]) for pt in series.points)
     for f in latest(store):
         assert "beyond the spread between worker processes" in f.statistic_name, f
+
+
+def test_journaled_passes_are_read_back_in_order_and_a_gap_is_measured_again(tmp_path):
+    from harness.agent import journaled_partials
+
+    journal = tmp_path / "run.jsonl"
+    lines = [{"type": "partial", "run_id": "r", "case_hash": "a", "pass": 1, "answer": {"samples_ms": [1.0]}},
+             {"type": "partial", "run_id": "r", "case_hash": "a", "pass": 2, "answer": {"samples_ms": [2.0]}},
+             {"type": "partial", "run_id": "other", "case_hash": "b", "pass": 1, "answer": {"samples_ms": [9.0]}},
+             {"type": "partial", "run_id": "r", "case_hash": "c", "pass": 2, "answer": {"samples_ms": [3.0]}},
+             {"type": "partial", "run_id": "r", "case_hash": "d", "pass": "1", "answer": {}}]
+    journal.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"type": "partial", "run_id": "r", "ca')
+    found = journaled_partials(journal, "r")
+    # b is another run's; c's first pass is missing (so its second is measured again too); d is malformed.
+    assert found == {"a": [{"samples_ms": [1.0]}, {"samples_ms": [2.0]}]}
+    assert journaled_partials(tmp_path / "missing.jsonl", "r") == {}

@@ -63,9 +63,9 @@ class MeasureConfig:
     contention_wait_s: float = 60.0
     # `threads` above the device's CPUs is skipped unless this is set (then it runs, with a warning).
     allow_oversubscribe: bool = False
-    # Worker processes each case is measured in, one after another, min_time_s and min_samples shared out
-    # among them (pyperf's habit): one process's median can land 20-40% from the next one's on the same
-    # code, and only a run measured in several can tell that spread from a change against the run before.
+    # Worker processes each case is measured in (one pass over the cases per process), min_time_s and
+    # min_samples shared out among them (pyperf's habit): one process's median can land 20-40% from the next
+    # one's on the same code, and only a run measured in several can tell that spread from a change.
     processes: int = 1
 
     def for_one_process(self) -> "MeasureConfig":
