@@ -451,8 +451,9 @@ def _ask(worker: Worker, request: dict[str, Any], timeout: float, started: float
 def merge_processes(first: dict[str, Any], more: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from a case measured in several worker processes (pure): the samples in the order taken,
     and `processes` saying which came from which, so that a comparison can weigh the spread between
-    processes. Accuracy and energy come from the first process; the worst contention, throttling and peak
-    memory of any. A further process that failed is named in the notes; its samples are not invented."""
+    processes. Accuracy, energy and the window they were measured over (`calls`, `window_start`,
+    `window_end`) come from the first process; the worst contention, throttling and peak memory of any. A
+    further process that failed is named in the notes; its samples are not invented."""
     merged = dict(first)
     samples = list(first.get("samples_ms") or [])
     per = [_process_summary(first)]
@@ -472,7 +473,6 @@ def merge_processes(first: dict[str, Any], more: list[dict[str, Any]]) -> dict[s
         if (other.get("thermal") or {}).get("throttled") and not (merged.get("thermal") or {}).get("throttled"):
             merged["thermal"] = {**(merged.get("thermal") or {}), "throttled": True,
                                  "throttled_in_process": k}
-        merged["calls"] = (merged.get("calls") or 0) + (other.get("calls") or 0)
         merged["finished_at"] = other.get("finished_at", merged.get("finished_at"))
     merged["samples_ms"] = samples
     merged["processes"] = per
@@ -481,8 +481,11 @@ def merge_processes(first: dict[str, Any], more: list[dict[str, Any]]) -> dict[s
 
 
 def _process_summary(answer: dict[str, Any]) -> dict[str, Any]:
+    # calls and the window per process: the row's own `calls`, `window_start` and `window_end` are the first
+    # process's, as its energy is, so that energy per call derived from them stays true.
     return {"n": len(answer.get("samples_ms") or []), "worker_pid": answer.get("worker_pid"),
-            "inner_loops": answer.get("inner_loops"),
+            "inner_loops": answer.get("inner_loops"), "calls": answer.get("calls"),
+            "window_start": answer.get("window_start"), "window_end": answer.get("window_end"),
             "cpu_other": answer.get("cpu_other"), "stopped_by": answer.get("stopped_by")}
 
 

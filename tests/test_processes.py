@@ -37,7 +37,9 @@ def test_merged_processes_keep_every_sample_in_order_and_say_which_came_from_whi
     # The worst of any process: contention, throttling, memory. Energy and accuracy: the first process's.
     assert merged["contended"] is True and merged["cpu_other"] == 0.3 and merged["peak_mem_mb"] == 70.0
     assert merged["thermal"]["throttled"] is True and merged["power"] == {"energy_mj_per_inf": 3.0}
-    assert merged["accuracy"] == {"cos_sim": 0.9999} and merged["calls"] == 28
+    # calls stay the first process's, with its window and energy: energy per call derived from them holds.
+    assert merged["accuracy"] == {"cos_sim": 0.9999} and merged["calls"] == 12
+    assert [p["calls"] for p in merged["processes"]] == [12, 16]
     assert merged["notes"] == ["process 2: warm-up extended"]
     assert first["samples_ms"] == [1.0, 1.1, 1.2]  # pure: the inputs are left as they were
 
