@@ -249,6 +249,15 @@ def split_processes(samples: Sequence[float], sizes: Sequence[int] | None) -> li
     return out
 
 
+def gap_and_spread(lower: Sequence[float], higher: Sequence[float]) -> tuple[float, float]:
+    """Process (or round) medians of two sides: how far the lowest of `higher` lies above the highest of
+    `lower` (negative when the sides overlap), and the widest spread between medians of the same side
+    (both as fractions)."""
+    gap = min(higher) / max(lower) - 1.0
+    spread = max(max(lower) / min(lower), max(higher) / min(higher)) - 1.0
+    return gap, spread
+
+
 def short_history_change(before: Sequence[float], after: Sequence[float], *, lower_is_better: bool = True,
                          alpha: float = SHORT_HISTORY_ALPHA, min_effect: float = SHORT_HISTORY_MIN_EFFECT,
                          before_sizes: Sequence[int] | None = None, after_sizes: Sequence[int] | None = None
@@ -274,8 +283,7 @@ def short_history_change(before: Sequence[float], after: Sequence[float], *, low
     if split_a and split_b:
         med_a = [float(np.median(x)) for x in split_a]
         med_b = [float(np.median(x)) for x in split_b]
-        spread = max(max(med_a) / min(med_a), max(med_b) / min(med_b)) - 1.0
-        gap = min(med_b) / max(med_a) - 1.0 if change > 0 else min(med_a) / max(med_b) - 1.0
+        gap, spread = gap_and_spread(med_a, med_b) if change > 0 else gap_and_spread(med_b, med_a)
         if gap <= max(min_effect, spread):
             return None
     worse = change > 0 if lower_is_better else change < 0
@@ -326,8 +334,7 @@ def rounds_change(old_rounds: Sequence[Sequence[float]], new_rounds: Sequence[Se
     pooled_new = np.concatenate([np.asarray(r, float) for r in new_rounds])
     p = float(mannwhitneyu(pooled_old, pooled_new, alternative="less").pvalue)
     change = float(np.median(new_med) / np.median(old_med) - 1.0)
-    gap = min(new_med) / max(old_med) - 1.0
-    spread = max(max(old_med) / min(old_med), max(new_med) / min(new_med)) - 1.0
+    gap, spread = gap_and_spread(old_med, new_med)
     reproduced = (len(old_med) >= CONFIRM_MIN_ROUNDS and len(new_med) >= CONFIRM_MIN_ROUNDS
                   and gap > max(min_effect, spread) and p < alpha)
     return RoundsChange(change * 100, gap * 100, spread * 100, p, old_med, new_med, reproduced)
